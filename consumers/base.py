@@ -1,0 +1,82 @@
+"""A WebSocket consumer that forwards client frames to a worker channel and relays replies."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from channels.exceptions import ChannelFull
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from project import protocol
+from project.protocol import ErrorCode, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+def identify(scope: dict[str, Any], allow_anonymous: bool) -> tuple[str, int | None] | None:
+    """``(display name, user id)`` of a socket, or ``None`` when it must be refused.
+
+    ``AuthMiddleware`` has already resolved ``scope["user"]`` from the session cookie.
+    A guest gets a name that is stable for this connection only.
+    """
+    user = scope.get("user")
+    if user is not None and user.is_authenticated:
+        return user.get_username(), user.pk
+    if allow_anonymous:
+        return f"guest-{secrets.token_hex(4)}", None
+    return None
+
+
+class RelayConsumer(AsyncWebsocketConsumer):
+    """Decodes client frames cheaply and forwards them to ``worker_channel``.
+
+    Channel messages whose ``type`` is a server frame type carry the frame already
+    encoded in ``text`` (see :func:`project.protocol.relay`); :meth:`relay` writes it
+    to the socket as-is, so a broadcast is never re-encoded per socket.
+    """
+
+    worker_channel: str
+    client_types: frozenset[str]
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            frame = protocol.decode_client_frame(text_data, self.client_types)
+        except ProtocolError as error:
+            await self.send_frame(error.frame())
+            return
+        await self.forward(frame)
+
+    async def forward(self, frame: dict[str, Any], **fields: Any) -> None:
+        """Hand a client frame to the worker; the worker answers on ``reply_channel``."""
+        message = {"type": frame["type"], "frame": frame, "reply_channel": self.channel_name}
+        message.update(self.worker_fields())
+        message.update(fields)
+        try:
+            await self.channel_layer.send(self.worker_channel, message)
+        except ChannelFull:
+            log.warning("worker channel %s is full; refusing a %s frame", self.worker_channel, frame["type"])
+            client_id = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
+            await self.send_frame(
+                ProtocolError(ErrorCode.SERVER_BUSY, "the server is busy, try again shortly", client_id).frame()
+            )
+
+    def worker_fields(self) -> dict[str, Any]:
+        """What the worker needs to know about this socket besides the frame."""
+        return {}
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=protocol.encode(frame))
+
+    async def relay(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["text"])
+
+    error = relay
+
+
+class RefuseConsumer(AsyncWebsocketConsumer):
+    """Refuses at the handshake any WebSocket path that no route serves."""
+
+    async def connect(self) -> None:
+        await self.close()

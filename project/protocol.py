@@ -1,0 +1,183 @@
+"""The wire protocol, defined in one place.
+
+Frame type names, error codes, limits, the checkers for client frames and the one
+JSON encoder live here; consumers, workers, the scheduler, tests and
+``docs/protocol.md`` all use these names. A frame's ``type`` is also the channel
+message type, so Channels dispatches it straight onto a handler method
+(``"chat.message"`` -> ``chat_message``).
+
+Server -> client frames travel through the channel layer already encoded
+(``{"type": ..., "text": "<json>"}``, see :func:`relay`): a broadcast is encoded
+once by the worker, not once per socket.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# --- Worker channels (the ``channel`` half of ProtocolTypeRouter) ------------------------
+
+CHAT_WORKER = "chat"
+STATUS_WORKER = "status"
+WORKER_CHANNELS = (CHAT_WORKER, STATUS_WORKER)
+
+# --- Limits -------------------------------------------------------------------------------
+
+MAX_FRAME_BYTES = 64 * 1024
+CLIENT_ID_MAX_CHARS = 64
+HISTORY_ON_JOIN = 50
+HISTORY_PAGE_MAX = 100
+RESUME_MAX = 500
+
+# --- Rooms ---------------------------------------------------------------------------------
+
+DEFAULT_ROOM = "lobby"
+ROOM_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+ROOM_RE = re.compile(ROOM_PATTERN)
+
+
+def chat_group(room: str) -> str:
+    """The channel-layer group of a room's sockets."""
+    return f"chat.{room}"
+
+
+# --- Frame types -----------------------------------------------------------------------------
+
+CHAT_MESSAGE = "chat.message"
+CHAT_HISTORY = "chat.history"
+CHAT_RESUME = "chat.resume"
+ERROR = "error"
+
+# Client frames each socket kind accepts; anything else is ``unknown_type``.
+CHAT_CLIENT_TYPES = frozenset({CHAT_MESSAGE, CHAT_HISTORY, CHAT_RESUME})
+
+# Worker-only message types (never seen by a client).
+CHAT_JOIN = "chat.join"
+
+
+# --- Errors -------------------------------------------------------------------------------------
+
+class ErrorCode:
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    MESSAGE_TOO_LONG = "message_too_long"
+    UNKNOWN_TYPE = "unknown_type"
+    RATE_LIMITED = "rate_limited"
+    SERVER_BUSY = "server_busy"
+    FRAME_TOO_LARGE = "frame_too_large"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass
+class ProtocolError(Exception):
+    """A client frame that cannot be served; becomes an ``error`` frame, never a traceback."""
+
+    code: str
+    detail: str
+    client_id: str | None = None
+    retry_after: float | None = None
+
+    def frame(self) -> dict[str, Any]:
+        frame: dict[str, Any] = {
+            "type": ERROR,
+            "code": self.code,
+            "detail": self.detail,
+            "client_id": self.client_id,
+        }
+        if self.retry_after is not None:
+            frame["retry_after"] = self.retry_after
+        return frame
+
+
+# --- Encoding -------------------------------------------------------------------------------
+
+def encode(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def relay(frame: dict[str, Any]) -> dict[str, str]:
+    """The channel message that carries ``frame`` to a consumer, encoded once."""
+    return {"type": frame["type"], "text": encode(frame)}
+
+
+# --- Client frame checkers -------------------------------------------------------------------
+
+def decode_client_frame(text: str | None, allowed_types: frozenset[str]) -> dict[str, Any]:
+    """Cheap checks a consumer makes before forwarding: size, JSON, an object, a known type.
+
+    The tutorial's bare ``{"message": "..."}`` is read as ``chat.message``.
+    """
+    if text is None:
+        raise ProtocolError(ErrorCode.INVALID_JSON, "frames must be JSON text, not binary")
+    if len(text) > MAX_FRAME_BYTES or len(text.encode()) > MAX_FRAME_BYTES:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frames are limited to {MAX_FRAME_BYTES} bytes")
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(ErrorCode.INVALID_JSON, "frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError(ErrorCode.INVALID_JSON, "frame must be a JSON object")
+    client_id = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
+    if "type" not in frame and CHAT_MESSAGE in allowed_types and "message" in frame:
+        frame["type"] = CHAT_MESSAGE
+    if frame.get("type") not in allowed_types:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE,
+            f"type must be one of: {', '.join(sorted(allowed_types))}",
+            client_id=client_id,
+        )
+    return frame
+
+
+def check_client_id(frame: dict[str, Any]) -> str | None:
+    client_id = frame.get("client_id")
+    if client_id is None:
+        return None
+    if not isinstance(client_id, str) or not 0 < len(client_id) <= CLIENT_ID_MAX_CHARS:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"client_id must be a string of 1 to {CLIENT_ID_MAX_CHARS} characters",
+        )
+    return client_id
+
+
+def check_chat_message(frame: dict[str, Any], max_chars: int) -> tuple[str, str | None]:
+    """The message text (trimmed) and client_id of a ``chat.message`` frame."""
+    client_id = check_client_id(frame)
+    message = frame.get("message")
+    if not isinstance(message, str):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message must be a string", client_id)
+    message = message.strip()
+    if not message:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message must not be empty", client_id)
+    if len(message) > max_chars:
+        raise ProtocolError(
+            ErrorCode.MESSAGE_TOO_LONG, f"message is limited to {max_chars} characters", client_id
+        )
+    return message, client_id
+
+
+def _check_int(frame: dict[str, Any], name: str, low: int, high: int | None = None) -> int:
+    value = frame.get(name)
+    # bool is an int in Python; on the wire it is not a number.
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{name} must be an integer {bound}")
+    return value
+
+
+def check_chat_history(frame: dict[str, Any]) -> tuple[int, int]:
+    """``before_id`` and ``limit`` of a ``chat.history`` request."""
+    before_id = _check_int(frame, "before_id", 1)
+    limit = frame.get("limit", HISTORY_ON_JOIN)
+    limit = _check_int({"limit": limit}, "limit", 1, HISTORY_PAGE_MAX)
+    return before_id, limit
+
+
+def check_chat_resume(frame: dict[str, Any]) -> int:
+    """``after_id`` of a ``chat.resume`` request."""
+    return _check_int(frame, "after_id", 0)

@@ -1,0 +1,1 @@
+"""The clock: a small asyncio service that keeps time and sends work to worker channels."""

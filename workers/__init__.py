@@ -1,0 +1,1 @@
+"""Business logic and data: models, validation, persistence, rate limits, history, status."""

@@ -1,0 +1,49 @@
+"""Persistent state owned by the workers."""
+
+from datetime import UTC
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Message(models.Model):
+    """One chat message. Its id orders a room's messages and is what clients resume from."""
+
+    room = models.CharField(max_length=64)
+    author = models.CharField(max_length=150, help_text="Display name at the time of sending.")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    body = models.TextField()
+    client_id = models.CharField(max_length=64, null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["room", "id"], name="message_room_id"),
+            models.Index(fields=["room", "author", "created"], name="message_rate_window"),
+        ]
+        constraints = [
+            # What makes a resend idempotent: one stored message per client_id,
+            # per author, per room.
+            models.UniqueConstraint(
+                fields=["room", "author", "client_id"],
+                condition=Q(client_id__isnull=False),
+                name="message_client_id_once",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.author} in {self.room}"
+
+    def payload(self) -> dict:
+        """The message as clients see it (``chat.message`` without its ``type``)."""
+        return {
+            "room": self.room,
+            "id": self.pk,
+            "user": self.author,
+            "message": self.body,
+            "ts": self.created.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "client_id": self.client_id,
+        }

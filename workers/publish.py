@@ -1,0 +1,31 @@
+"""The one way anything reaches clients: encoded once, sent after the transaction commits."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.exceptions import ChannelFull
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from project.protocol import relay
+
+log = logging.getLogger(__name__)
+
+
+def publish(group: str, frame: dict[str, Any]) -> None:
+    """Broadcast ``frame`` to every socket in ``group`` once the current transaction commits,
+    so that no client ever sees what was rolled back."""
+    message = relay(frame)
+    transaction.on_commit(lambda: async_to_sync(get_channel_layer().group_send)(group, message))
+
+
+def reply(channel: str, frame: dict[str, Any]) -> None:
+    """Send ``frame`` to one socket's consumer (history pages, errors, resend answers)."""
+    try:
+        async_to_sync(get_channel_layer().send)(channel, relay(frame))
+    except ChannelFull:
+        # The socket is not reading; it will resume from its last id when it catches up.
+        log.warning("reply channel %s is full; dropped a %s frame", channel, frame["type"])
