@@ -1,0 +1,50 @@
+"""Shared fixtures: a private Redis server per test session and the real process stack."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from project import embedded_redis
+
+from .stack import Stack
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server that only this test session uses, on a free loopback port."""
+    server, url = embedded_redis.start(tmp_path_factory.mktemp("redis"))
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def make_stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, **env: str) -> Iterator[Stack]:
+    # Stacks in one session run one after another; each starts from an empty Redis.
+    redis.Redis.from_url(redis_url).flushall()
+    stack = Stack(Path(tmp_path_factory.mktemp("stack")), redis_url, env)
+    stack.start_all()
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
+    """web + worker + scheduler from the Procfile, with small chat limits so tests stay fast."""
+    yield from make_stack(
+        tmp_path_factory, redis_url, CHAT_RATE_LIMIT_COUNT="5", CHAT_RATE_LIMIT_WINDOW_S="3"
+    )
+
+
+@pytest.fixture
+def channel_layer(settings):
+    """An in-memory channel layer for unit tests of consumers and workers."""
+    from channels.layers import get_channel_layer
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    return get_channel_layer()

@@ -1,0 +1,60 @@
+"""Process-level behaviour: anonymous mode, clean shutdown of the scheduler."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+import redis
+
+from project import heartbeats
+
+from .conftest import make_stack
+from .stack import recv_json, recv_until, send_json
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def anonymous_stack(tmp_path_factory, redis_url):
+    yield from make_stack(tmp_path_factory, redis_url, ALLOW_ANONYMOUS="1")
+
+
+async def test_allow_anonymous_gives_a_stable_guest_name_per_connection(anonymous_stack):
+    async with anonymous_stack.connect("/ws/chat/guests/") as ws:
+        await recv_until(ws, "chat.history")
+        await send_json(ws, {"message": "first"})
+        first = await recv_until(ws, "chat.message")
+        await send_json(ws, {"message": "second"})
+        second = await recv_until(ws, "chat.message")
+    assert first["user"].startswith("guest-")
+    assert first["user"] == second["user"]
+
+    async with anonymous_stack.connect("/ws/chat/guests/") as other:
+        history = await recv_json(other)
+        await send_json(other, {"message": "third"})
+        third = await recv_until(other, "chat.message")
+    assert [m["user"] for m in history["messages"]] == [first["user"]] * 2
+    assert third["user"].startswith("guest-") and third["user"] != first["user"]
+
+
+def test_scheduler_beats_and_exits_cleanly_on_sigterm(anonymous_stack, redis_url):
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 5
+    while client.get(heartbeats.key(heartbeats.SCHEDULER)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert heartbeats.age_s(client.get(heartbeats.key(heartbeats.SCHEDULER))) < 2
+
+    started = time.monotonic()
+    returncode = anonymous_stack.stop("scheduler", signal.SIGTERM)
+    assert returncode == 0
+    assert time.monotonic() - started < 3
+    assert "scheduler stopped" in anonymous_stack.read_log("scheduler")
+    assert "Traceback" not in anonymous_stack.read_log("scheduler")
+
+
+def test_scheduler_exits_cleanly_on_sigint(anonymous_stack):
+    anonymous_stack.start("scheduler")
+    time.sleep(1.5)
+    assert anonymous_stack.stop("scheduler", signal.SIGINT) == 0
