@@ -12,6 +12,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from project import protocol
 from project.protocol import ErrorCode, ProtocolError
 
+from .connections import connections
+
 log = logging.getLogger(__name__)
 
 
@@ -39,6 +41,19 @@ class RelayConsumer(AsyncWebsocketConsumer):
 
     worker_channel: str
     client_types: frozenset[str]
+
+    counted = False  # whether this socket is in the process's open-connection count
+
+    async def accept(self, subprotocol: str | None = None, headers=None) -> None:
+        await super().accept(subprotocol, headers)
+        connections.opened()
+        self.counted = True
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        if self.counted:
+            connections.closed()
+            self.counted = False
+        await super().websocket_disconnect(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:

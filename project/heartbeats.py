@@ -35,3 +35,8 @@ def age_s(raw: bytes | None, now: float | None = None) -> float | None:
 
 def parse(raw: bytes | None) -> dict[str, Any] | None:
     return None if raw is None else orjson.loads(raw)
+
+
+# Each web process keeps the number of sockets it has open under its own key.
+WEB_CONNECTIONS_PREFIX = "fleetchat:web-connections:"
+WEB_CONNECTIONS_TTL_S = 5

@@ -33,6 +33,15 @@ HISTORY_ON_JOIN = 50
 HISTORY_PAGE_MAX = 100
 RESUME_MAX = 500
 
+# --- Fleet ------------------------------------------------------------------------------------
+
+MACHINE_STATES = ("pending", "provisioning", "ready", "failed", "offline")
+SOFTWARE_STATES = ("queued", "installing", "done", "failed")
+MACHINE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+SOFTWARE_NAME_MAX_CHARS = 100
+SOFTWARE_PER_REPORT_MAX = 200
+MAX_REPORT_BYTES = 64 * 1024
+
 # --- Rooms ---------------------------------------------------------------------------------
 
 DEFAULT_ROOM = "lobby"
@@ -52,11 +61,25 @@ CHAT_HISTORY = "chat.history"
 CHAT_RESUME = "chat.resume"
 ERROR = "error"
 
+STATUS_SNAPSHOT = "status.snapshot"
+STATUS_UPDATE = "status.update"
+STATUS_RESYNC = "status.resync"
+
 # Client frames each socket kind accepts; anything else is ``unknown_type``.
 CHAT_CLIENT_TYPES = frozenset({CHAT_MESSAGE, CHAT_HISTORY, CHAT_RESUME})
+STATUS_CLIENT_TYPES = frozenset({STATUS_RESYNC})
 
 # Worker-only message types (never seen by a client).
 CHAT_JOIN = "chat.join"
+STATUS_JOIN = "status.join"
+STATUS_TICK = "status.tick"  # scheduler -> status worker, once per second
+FLEET_REPORT = "fleet.report"  # report API -> status worker
+FLEET_REMOVE = "fleet.remove"  # report API -> status worker
+FLEET_EXPIRE = "fleet.expire"  # scheduler -> status worker: mark silent machines offline
+HEALTH_PING = "health.ping"  # readyz -> status worker; answered with HEALTH_PONG
+HEALTH_PONG = "health.pong"
+
+STATUS_GROUP = "status"
 
 
 # --- Errors -------------------------------------------------------------------------------------

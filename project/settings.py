@@ -181,6 +181,16 @@ CHAT_MESSAGE_MAX_CHARS = env_int("CHAT_MESSAGE_MAX_CHARS", 2000)
 CHAT_RATE_LIMIT_COUNT = env_int("CHAT_RATE_LIMIT_COUNT", 20)
 CHAT_RATE_LIMIT_WINDOW_S = env_int("CHAT_RATE_LIMIT_WINDOW_S", 10)
 
+# --- Fleet status -------------------------------------------------------------------------
+
+# The agents' shared secret for the report API. Development gets a fixed token;
+# production must set its own.
+FLEET_TOKEN = os.environ.get("FLEET_TOKEN", "")
+if not FLEET_TOKEN and DEBUG:
+    FLEET_TOKEN = "dev-fleet-token"
+OFFLINE_AFTER = env_int("OFFLINE_AFTER", 30)
+SCHEDULER_STALE_AFTER_S = env_int("SCHEDULER_STALE_AFTER_S", 3)
+
 # --- Logging ----------------------------------------------------------------------------
 
 LOGGING = {

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import time
+from typing import Any
 
 import redis.asyncio as redis
+from channels.exceptions import ChannelFull
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from project import heartbeats
@@ -28,6 +32,8 @@ class Scheduler:
         self.redis_url = redis_url
         self.period_ns = period_ns
         self.should_exit = asyncio.Event()
+        # Names this run of the clock; the status feed restarts its sequence when it changes.
+        self.epoch = secrets.token_hex(4)
 
     @classmethod
     def from_settings(cls) -> "Scheduler":
@@ -41,7 +47,8 @@ class Scheduler:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.handle_exit, signum)
         self.redis = redis.from_url(self.redis_url)
-        log.info("scheduler started with jobs: %s", ", ".join(job.name for job in self.jobs))
+        self.channel_layer = get_channel_layer()
+        log.info("scheduler %s started with jobs: %s", self.epoch, ", ".join(job.name for job in self.jobs))
         try:
             await self.main_loop()
         finally:
@@ -86,5 +93,12 @@ class Scheduler:
                 # One failing job (Redis briefly away, say) must not stop the clock.
                 log.exception("scheduler job %s failed", job.name)
 
-    async def beat(self, **fields) -> None:
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        try:
+            await self.channel_layer.send(channel, message)
+        except ChannelFull:
+            # The worker is down or far behind; it drops stale ticks anyway.
+            log.warning("channel %s is full; %s not sent", channel, message["type"])
+
+    async def beat(self, **fields: Any) -> None:
         await self.redis.set(heartbeats.key(heartbeats.SCHEDULER), heartbeats.record(**fields), ex=heartbeats.TTL_S)

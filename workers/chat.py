@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from channels.consumer import SyncConsumer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -19,6 +18,7 @@ from django.utils import timezone
 from project import protocol
 from project.protocol import ErrorCode, ProtocolError
 
+from .metrics import CountingConsumer
 from .models import Message
 from .publish import publish, reply
 from .ratelimit import retry_after_s
@@ -59,7 +59,7 @@ def answering_errors(message: dict[str, Any]) -> Iterator[None]:
         )
 
 
-class ChatWorker(SyncConsumer):
+class ChatWorker(CountingConsumer):
     """One method per message type; a :class:`ProtocolError` becomes an ``error`` frame."""
 
     def chat_join(self, message: dict[str, Any]) -> None:

@@ -47,3 +47,48 @@ class Message(models.Model):
             "ts": self.created.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "client_id": self.client_id,
         }
+
+
+class Machine(models.Model):
+    """A machine being provisioned, as its agent last reported it."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        PROVISIONING = "provisioning"
+        READY = "ready"
+        FAILED = "failed"
+        OFFLINE = "offline"
+
+    name = models.CharField(max_length=64, unique=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    progress = models.FloatField(default=0, help_text="Overall progress, 0-100.")
+    last_report = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "last_report"], name="machine_state_last_report")]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Software(models.Model):
+    """One package being installed on a machine."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        INSTALLING = "installing"
+        DONE = "done"
+        FAILED = "failed"
+
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="software")
+    name = models.CharField(max_length=100)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    percent = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["machine", "name"], name="software_once_per_machine")]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.machine.name}/{self.name}"

@@ -24,8 +24,13 @@ def publish(group: str, frame: dict[str, Any]) -> None:
 
 def reply(channel: str, frame: dict[str, Any]) -> None:
     """Send ``frame`` to one socket's consumer (history pages, errors, resend answers)."""
+    deliver(channel, relay(frame))
+
+
+def deliver(channel: str, message: dict[str, Any]) -> None:
+    """Send an already-built channel message to one consumer."""
     try:
-        async_to_sync(get_channel_layer().send)(channel, relay(frame))
+        async_to_sync(get_channel_layer().send)(channel, message)
     except ChannelFull:
-        # The socket is not reading; it will resume from its last id when it catches up.
-        log.warning("reply channel %s is full; dropped a %s frame", channel, frame["type"])
+        # The consumer is not reading; its client recovers by resuming or resyncing.
+        log.warning("channel %s is full; dropped a %s message", channel, message["type"])

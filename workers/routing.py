@@ -3,7 +3,9 @@
 from project import protocol
 
 from .chat import ChatWorker
+from .status import StatusWorker
 
 worker_channels = {
     protocol.CHAT_WORKER: ChatWorker.as_asgi(),
+    protocol.STATUS_WORKER: StatusWorker.as_asgi(),
 }

@@ -1,0 +1,50 @@
+"""The ``system`` panel: the service's own health, sampled once per tick by the status worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+
+from project import heartbeats
+
+from .metrics import handled
+
+log = logging.getLogger(__name__)
+
+
+class SystemProbe:
+    def __init__(self, redis_url: str) -> None:
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    @staticmethod
+    def unknown() -> dict[str, Any]:
+        """The panel before the first sample: every reading unknown."""
+        return {
+            "connections": None,
+            "web_processes": None,
+            "worker": {"alive": True, "messages_per_s": None},
+            "scheduler": {"tick_lag_ms": None},
+            "redis": {"rtt_ms": None},
+        }
+
+    def sample(self, tick_lag_ms: float | None) -> dict[str, Any]:
+        system = self.unknown()
+        system["worker"]["messages_per_s"] = handled.rate_per_s()
+        system["scheduler"]["tick_lag_ms"] = tick_lag_ms
+        try:
+            started = time.perf_counter()
+            self.redis.ping()
+            system["redis"]["rtt_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            keys = list(self.redis.scan_iter(match=heartbeats.WEB_CONNECTIONS_PREFIX + "*", count=100))
+            counts = [int(value) for value in self.redis.mget(keys) if value is not None] if keys else []
+            system["connections"] = sum(counts)
+            system["web_processes"] = len(counts)
+            self.redis.set(
+                heartbeats.key(heartbeats.WORKER), heartbeats.record(), ex=heartbeats.TTL_S
+            )
+        except redis.RedisError as error:
+            log.warning("system probe could not reach Redis: %s", error)
+        return system
