@@ -166,7 +166,16 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000)}],
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000),
+                    # redis-py 8 reads with a 5 s socket timeout by default, the same as the
+                    # layer's 5 s BZPOPMIN: an idle receive then dies with TimeoutError and
+                    # takes its consumer with it. Read longer than any blocking pop.
+                    "socket_timeout": 15,
+                }
+            ],
             "prefix": "fleetchat",
             "capacity": CHANNEL_CAPACITY,
             "expiry": 60,
