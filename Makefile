@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
 PY := $(BIN)/python
 export PATH := $(BIN):$(PATH)
+# honcho hands each process type PORT, PORT+100, ...: web comes first, so it gets this one.
+PORT ?= 8000
+export PORT
 
 .PHONY: install run migrate test bench demo user clean
 
@@ -22,6 +25,12 @@ migrate: install
 # Starts web, worker and scheduler (the Procfile) with an embedded Redis unless REDIS_URL is set.
 run: migrate
 	$(PY) -m project.embedded_redis honcho start web worker scheduler
+
+# `make run` plus a simulated fleet of 50 machines reporting through the HTTP API.
+demo: migrate
+	@{ grep -E '^(web|worker|scheduler):' Procfile; \
+	   echo 'simulator: sleep 3 && python manage.py simulate_fleet --machines 50 --url http://127.0.0.1:$(PORT)'; } > var/Procfile.demo
+	$(PY) -m project.embedded_redis honcho -f var/Procfile.demo -d . start
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
