@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from typing import Any
 
 from channels.exceptions import ChannelFull
@@ -15,6 +16,10 @@ from project.protocol import ErrorCode, ProtocolError
 from .connections import connections
 
 log = logging.getLogger(__name__)
+
+# The core layer forgets a group member after ``group_expiry`` (1 day); a socket that
+# stays open longer (a dashboard on a wall) re-joins well before that.
+GROUP_REFRESH_S = 3600
 
 
 def identify(scope: dict[str, Any], allow_anonymous: bool) -> tuple[str, int | None] | None:
@@ -43,6 +48,12 @@ class RelayConsumer(AsyncWebsocketConsumer):
     client_types: frozenset[str]
 
     counted = False  # whether this socket is in the process's open-connection count
+    group: str | None = None
+    group_joined_at = 0.0
+
+    async def join_group(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.group, self.group_joined_at = group, time.monotonic()
 
     async def accept(self, subprotocol: str | None = None, headers=None) -> None:
         await super().accept(subprotocol, headers)
@@ -53,6 +64,9 @@ class RelayConsumer(AsyncWebsocketConsumer):
         if self.counted:
             connections.closed()
             self.counted = False
+        if self.group is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            self.group = None
         await super().websocket_disconnect(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -63,11 +77,10 @@ class RelayConsumer(AsyncWebsocketConsumer):
             return
         await self.forward(frame)
 
-    async def forward(self, frame: dict[str, Any], **fields: Any) -> None:
+    async def forward(self, frame: dict[str, Any]) -> None:
         """Hand a client frame to the worker; the worker answers on ``reply_channel``."""
         message = {"type": frame["type"], "frame": frame, "reply_channel": self.channel_name}
         message.update(self.worker_fields())
-        message.update(fields)
         try:
             await self.channel_layer.send(self.worker_channel, message)
         except ChannelFull:
@@ -86,6 +99,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
 
     async def relay(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["text"])
+        if self.group is not None and time.monotonic() - self.group_joined_at > GROUP_REFRESH_S:
+            await self.join_group(self.group)
 
     error = relay
 

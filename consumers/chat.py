@@ -15,8 +15,6 @@ class ChatConsumer(RelayConsumer):
     worker_channel = protocol.CHAT_WORKER
     client_types = protocol.CHAT_CLIENT_TYPES
 
-    group: str | None = None
-
     async def connect(self) -> None:
         identity = identify(self.scope, settings.ALLOW_ANONYMOUS)
         if identity is None:
@@ -26,14 +24,9 @@ class ChatConsumer(RelayConsumer):
         self.room = self.scope["url_route"]["kwargs"].get("room", protocol.DEFAULT_ROOM)
         # Join before asking for history so that nothing falls between the two;
         # a message in both is de-duplicated by id on the client.
-        self.group = protocol.chat_group(self.room)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join_group(protocol.chat_group(self.room))
         await self.accept()
         await self.forward({"type": protocol.CHAT_JOIN})
-
-    async def disconnect(self, code: int) -> None:
-        if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
 
     def worker_fields(self) -> dict[str, Any]:
         return {"room": self.room, "user": self.user_name, "user_id": self.user_id}

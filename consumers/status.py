@@ -11,8 +11,6 @@ class StatusConsumer(RelayConsumer):
     worker_channel = protocol.STATUS_WORKER
     client_types = protocol.STATUS_CLIENT_TYPES
 
-    joined = False
-
     async def connect(self) -> None:
         # The fleet is for operators: no guests here, whatever ALLOW_ANONYMOUS says.
         if identify(self.scope, allow_anonymous=False) is None:
@@ -20,14 +18,9 @@ class StatusConsumer(RelayConsumer):
             return
         # Join first, then ask for the snapshot: an update that overtakes it carries
         # a seq the snapshot already covers, and the client drops it.
-        await self.channel_layer.group_add(protocol.STATUS_GROUP, self.channel_name)
-        self.joined = True
+        await self.join_group(protocol.STATUS_GROUP)
         await self.accept()
         await self.forward({"type": protocol.STATUS_JOIN})
-
-    async def disconnect(self, code: int) -> None:
-        if self.joined:
-            await self.channel_layer.group_discard(protocol.STATUS_GROUP, self.channel_name)
 
     status_snapshot = RelayConsumer.relay
     status_update = RelayConsumer.relay
