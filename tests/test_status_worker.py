@@ -110,3 +110,9 @@ class TestStatusWorker:
         states = {m["name"]: m["state"] for m in update["machines"]}
         assert states == {"m2": "offline", "m3": "ready"}
         assert await Machine.objects.filter(state="offline").acount() == 1
+
+    async def test_a_failing_message_does_not_restart_the_feed(self, worker):
+        before = await self.tick(worker)
+        await worker.send_input({"type": "fleet.report", "name": "broken"})  # no report: the handler raises
+        after = await self.tick(worker)
+        assert (after["epoch"], after["seq"]) == (before["epoch"], before["seq"] + 1)

@@ -18,7 +18,7 @@ from django.utils import timezone
 from project import protocol
 from project.protocol import ErrorCode, ProtocolError
 
-from .metrics import CountingConsumer
+from .base import WorkerConsumer
 from .models import Message
 from .publish import publish, reply
 from .ratelimit import retry_after_s
@@ -59,7 +59,7 @@ def answering_errors(message: dict[str, Any]) -> Iterator[None]:
         )
 
 
-class ChatWorker(CountingConsumer):
+class ChatWorker(WorkerConsumer):
     """One method per message type; a :class:`ProtocolError` becomes an ``error`` frame."""
 
     def chat_join(self, message: dict[str, Any]) -> None:

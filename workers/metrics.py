@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
-
-from channels.consumer import SyncConsumer
 
 
 class HandledCounter:
@@ -30,11 +27,3 @@ class HandledCounter:
 
 
 handled = HandledCounter()
-
-
-class CountingConsumer(SyncConsumer):
-    """A worker consumer whose every message is counted in :data:`handled`."""
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        handled.increment()
-        await super().dispatch(message)

@@ -22,7 +22,7 @@ from project.protocol import relay
 
 from . import fleet
 from .feed import StatusFeed
-from .metrics import CountingConsumer
+from .base import WorkerConsumer
 from .publish import deliver, publish
 from .system import SystemProbe
 
@@ -35,7 +35,7 @@ def now_iso() -> str:
     return fleet.iso(datetime.now(UTC))
 
 
-class StatusWorker(CountingConsumer):
+class StatusWorker(WorkerConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.feed = StatusFeed()
