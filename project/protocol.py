@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -114,6 +115,15 @@ class ProtocolError(Exception):
         if self.retry_after is not None:
             frame["retry_after"] = self.retry_after
         return frame
+
+
+# --- Timestamps ----------------------------------------------------------------------------
+
+def iso_utc(moment: datetime | None) -> str | None:
+    """Timestamps on the wire: ISO-8601, UTC, milliseconds, ``Z``."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --- Encoding -------------------------------------------------------------------------------

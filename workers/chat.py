@@ -40,7 +40,6 @@ def message_frame(message: Message) -> dict[str, Any]:
     return {"type": protocol.CHAT_MESSAGE, **message.payload()}
 
 
-
 @contextmanager
 def answering_errors(message: dict[str, Any]) -> Iterator[None]:
     """Answers a frame that cannot be served with an ``error`` frame, never a traceback."""

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
 from django.db.models import Avg, Count
 
-from project.protocol import MACHINE_STATES
+from project.protocol import MACHINE_STATES, iso_utc
 
 from .models import Machine, Software
 
 # Only machines still on their way can go silent; ready and failed ones have stopped
 # reporting because they are finished, not because they are gone.
 EXPIRING_STATES = (Machine.State.PENDING, Machine.State.PROVISIONING)
-
-
-def iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @transaction.atomic
@@ -64,7 +58,7 @@ def machine_payload(machine: Machine) -> dict[str, Any]:
         "name": machine.name,
         "state": machine.state,
         "progress": machine.progress,
-        "last_report": iso(machine.last_report),
+        "last_report": iso_utc(machine.last_report),
         "software": [
             {"name": package.name, "state": package.state, "percent": package.percent}
             for package in machine.software.all()

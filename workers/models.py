@@ -1,10 +1,10 @@
 """Persistent state owned by the workers."""
 
-from datetime import UTC
-
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from project.protocol import iso_utc
 
 
 class Message(models.Model):
@@ -44,7 +44,7 @@ class Message(models.Model):
             "id": self.pk,
             "user": self.author,
             "message": self.body,
-            "ts": self.created.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": iso_utc(self.created),
             "client_id": self.client_id,
         }
 

@@ -32,7 +32,7 @@ STALE_TICK_NS = 1_000_000_000
 
 
 def now_iso() -> str:
-    return fleet.iso(datetime.now(UTC))
+    return protocol.iso_utc(datetime.now(UTC))
 
 
 class StatusWorker(WorkerConsumer):
