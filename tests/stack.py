@@ -65,20 +65,22 @@ class Stack:
     # --- processes -------------------------------------------------------------------
 
     def run_release(self) -> None:
-        subprocess.run(
-            self.procfile["release"], shell=True, cwd=ROOT, env=self.env, check=True,
-            stdout=self.log("release"), stderr=subprocess.STDOUT,
-        )
+        with self.log("release") as log:
+            subprocess.run(
+                self.procfile["release"], shell=True, cwd=ROOT, env=self.env, check=True,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
 
     def log(self, name: str):
         return open(self.workdir / f"{name}.log", "ab")
 
     def start(self, name: str) -> subprocess.Popen:
         # exec so that signals reach the process itself, not a wrapping shell.
-        process = subprocess.Popen(
-            f"exec {self.procfile[name]}", shell=True, cwd=ROOT, env=self.env,
-            stdout=self.log(name), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+        with self.log(name) as log:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(
+                f"exec {self.procfile[name]}", shell=True, cwd=ROOT, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
         self.processes[name] = process
         if name == "web":
             self.wait_for_http("/healthz")
