@@ -1,10 +1,14 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
-from . import api, views
+from . import api, pages, views
+from .protocol import ROOM_PATTERN
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", pages.home, name="home"),
+    path("chat/", pages.chat, name="chat"),
+    re_path(rf"^chat/(?P<room>{ROOM_PATTERN})/$", pages.chat, name="chat-room"),
+    path("dashboard/", pages.dashboard, name="dashboard"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", api.readyz, name="readyz"),
     path("api/status", api.status, name="api-status"),

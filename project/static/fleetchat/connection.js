@@ -1,0 +1,116 @@
+// One WebSocket connection that comes back by itself.
+//
+// Reconnects with exponential backoff and full jitter (a restart of the server must not
+// be met by every browser at the same instant), retries at once when the network comes
+// back or the tab becomes visible again (a laptop waking up), and reports its state so
+// that pages can show it. What to do after a reconnect (resume, resync) is the page's
+// business: it gets `onOpen(isReconnect)`.
+
+const MIN_DELAY_MS = 500;
+const MAX_DELAY_MS = 15000;
+
+export function backoffDelayMs(attempt, random = Math.random) {
+  const ceiling = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * 2 ** attempt);
+  return Math.round(MIN_DELAY_MS / 2 + random() * (ceiling - MIN_DELAY_MS / 2));
+}
+
+export class Connection {
+  constructor(path, { onOpen = () => {}, onFrame = () => {}, onState = () => {} } = {}) {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    this.url = `${scheme}//${location.host}${path}`;
+    this.onOpen = onOpen;
+    this.onFrame = onFrame;
+    this.onState = onState;
+    this.attempt = 0;
+    this.opened = false;
+    this.socket = null;
+    this.retryTimer = null;
+    this.stopped = false;
+    window.addEventListener("online", () => this.retryNow());
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible") this.retryNow();
+    });
+  }
+
+  start() {
+    this.stopped = false;
+    this.connect();
+    return this;
+  }
+
+  connect() {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.setState("connecting");
+    const socket = new WebSocket(this.url);
+    this.socket = socket;
+    socket.addEventListener("open", () => {
+      const isReconnect = this.opened;
+      this.opened = true;
+      this.attempt = 0;
+      this.setState("open");
+      this.onOpen(isReconnect);
+    });
+    socket.addEventListener("message", (event) => {
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      this.onFrame(frame);
+    });
+    socket.addEventListener("close", () => {
+      if (this.socket !== socket) return;
+      this.socket = null;
+      if (!this.stopped) this.scheduleRetry();
+    });
+  }
+
+  scheduleRetry() {
+    const delayMs = backoffDelayMs(this.attempt);
+    this.attempt += 1;
+    this.setState("reconnecting", { delayMs });
+    this.retryTimer = setTimeout(() => this.connect(), delayMs);
+  }
+
+  retryNow() {
+    if (this.retryTimer !== null && !this.stopped) this.connect();
+  }
+
+  // Drop the current socket and connect again (e.g. when a stream has gone silent).
+  restart() {
+    if (this.socket) {
+      const socket = this.socket;
+      this.socket = null;
+      socket.close();
+    }
+    if (!this.stopped) this.connect();
+  }
+
+  get isOpen() {
+    return this.socket !== null && this.socket.readyState === WebSocket.OPEN;
+  }
+
+  send(frame) {
+    if (!this.isOpen) return false;
+    this.socket.send(JSON.stringify(frame));
+    return true;
+  }
+
+  setState(state, detail = {}) {
+    this.state = state;
+    this.onState(state, detail);
+  }
+}
+
+// Shows a connection's state in an element with `data-connection-indicator`.
+export function showConnectionState(element, state, { delayMs } = {}) {
+  const labels = {
+    connecting: "Connecting…",
+    open: "Live",
+    reconnecting: `Reconnecting in ${Math.ceil((delayMs || 0) / 1000)} s…`,
+  };
+  element.textContent = labels[state] || state;
+  element.dataset.state = state;
+}
