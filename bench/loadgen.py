@@ -1,0 +1,319 @@
+"""The load tool: many WebSocket clients per process, several processes, loopback only.
+
+Each client process opens its share of the sockets (at a bounded rate), reads every
+frame until the deadline and keeps per-socket books; the parent adds the books up.
+
+Modes (what a client expects to hear):
+
+- ``status``: our ``/ws/status/`` (or the S0 server): a snapshot, then one update per
+  second with ``seq`` +1 within an ``epoch``. Counts missed and duplicated ``seq`` and the
+  latency from ``tick_ns`` to receipt.
+- ``original``: the seed design's ``/ws/attime/``: every socket's own loop broadcasts a
+  frame to everyone each second, so each client expects N frames a second.
+- ``chat``: one room; ``--senders`` of the clients each send ``--rate`` messages a second
+  with a ``client_id``; every member checks it got every id exactly once. Latency is
+  measured from the server's ``ts`` (ms resolution).
+
+Only 127.0.0.1 / localhost / ::1 targets are accepted; every run ends by its deadline.
+
+    python bench/loadgen.py status --url ws://127.0.0.1:8000/ws/status/ --clients 1000 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import websockets
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class Books:
+    """What one client process saw, summed over its sockets."""
+
+    connected: int = 0
+    failed: int = 0
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    frames: int = 0
+    expected: int = 0
+    missed: int = 0
+    duplicated: int = 0
+    resyncs: int = 0
+    disconnects: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    connect_ms: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
+
+    def fail(self, reason: str) -> None:
+        self.failed += 1
+        self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + 1
+
+
+def iso_to_ns(ts: str) -> int:
+    return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1e9)
+
+
+async def status_client(ws, books: Books, deadline: float, start_wall: float) -> None:
+    epoch, seq = None, None
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            raw = await asyncio.wait_for(ws.recv(), remaining)
+        except TimeoutError:
+            return
+        received_ns = time.time_ns()
+        frame = json.loads(raw)
+        if frame["type"] == "status.snapshot":
+            epoch, seq = frame.get("epoch"), frame.get("seq")
+            continue
+        if frame.get("type") != "status.update":
+            continue
+        books.frames += 1
+        books.latencies_ms.append((received_ns - frame["tick_ns"]) / 1e6)
+        if seq is None or frame.get("epoch") != epoch:
+            if epoch is not None:
+                books.resyncs += 1
+            epoch, seq = frame.get("epoch"), frame["seq"]
+            continue
+        if frame["seq"] <= seq:
+            books.duplicated += 1
+        else:
+            books.missed += frame["seq"] - seq - 1
+            seq = frame["seq"]
+
+
+async def original_client(ws, books: Books, deadline: float, start_wall: float) -> None:
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            raw = await asyncio.wait_for(ws.recv(), remaining)
+        except TimeoutError:
+            return
+        received_ns = time.time_ns()
+        books.frames += 1
+        message = json.loads(raw)
+        if isinstance(message, dict) and "sent_ns" in message:
+            books.latencies_ms.append((received_ns - message["sent_ns"]) / 1e6)
+
+
+async def chat_client(ws, books: Books, deadline: float, options: dict, index: int, seen_ids: set) -> None:
+    """A member; the first ``senders`` clients of process 0 also send."""
+    sender = options["sender"]
+    sent_client_ids: set[str] = set()
+
+    async def send_loop() -> None:
+        period = 1 / options["rate"]
+        # Start when every member has had time to join; stop early enough for the last
+        # messages to reach everyone before the deadline.
+        next_at = time.monotonic() + max(0.0, options["send_start_wall"] - time.time())
+        counter = 0
+        while next_at < deadline - options["drain_s"]:
+            await asyncio.sleep(max(0, next_at - time.monotonic()))
+            counter += 1
+            client_id = f"p{os.getpid()}-c{index}-{counter}"
+            sent_client_ids.add(client_id)
+            await ws.send(json.dumps({"type": "chat.message", "message": f"load {counter}", "client_id": client_id}))
+            next_at += period
+
+    task = asyncio.create_task(send_loop()) if sender else None
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), remaining)
+            except TimeoutError:
+                return
+            received_ns = time.time_ns()
+            frame = json.loads(raw)
+            if frame.get("type") != "chat.message":
+                continue
+            books.frames += 1
+            if frame["id"] in seen_ids:
+                books.duplicated += 1
+            seen_ids.add(frame["id"])
+            books.latencies_ms.append((received_ns - iso_to_ns(frame["ts"])) / 1e6)
+    finally:
+        if task:
+            task.cancel()
+        options.setdefault("sent", set()).update(sent_client_ids)
+
+
+async def run_clients(options: dict) -> dict:
+    books = Books()
+    started_cpu = time.process_time()
+    deadline = time.monotonic() + (options["deadline_wall"] - time.time())
+    headers = {"Cookie": f"sessionid={options['session']}"} if options.get("session") else {}
+    sockets = []
+    per_socket_ids: list[set] = []
+    tasks = []
+
+    async def open_one(index: int) -> None:
+        began = time.monotonic()
+        try:
+            ws = await websockets.connect(
+                options["url"], origin=options["origin"], additional_headers=headers,
+                open_timeout=options["open_timeout"], max_size=None, ping_interval=None,
+                compression=None,
+            )
+        except Exception as error:  # every kind of refusal is a data point here
+            books.fail(type(error).__name__)
+            return
+        books.connect_ms.append((time.monotonic() - began) * 1000)
+        books.connected += 1
+        sockets.append(ws)
+        if options["mode"] == "status":
+            coroutine = status_client(ws, books, deadline, time.time())
+        elif options["mode"] == "original":
+            coroutine = original_client(ws, books, deadline, time.time())
+        else:
+            ids: set = set()
+            per_socket_ids.append(ids)
+            member_options = {**options, "sender": index < options["senders_here"]}
+            coroutine = chat_client(ws, books, deadline, member_options, index, ids)
+            options.setdefault("_members", []).append(member_options)
+        tasks.append(asyncio.create_task(watch(ws, coroutine)))
+
+    async def watch(ws, coroutine) -> None:
+        try:
+            await coroutine
+        except websockets.ConnectionClosed:
+            books.disconnects += 1
+        finally:
+            await ws.close()
+
+    interval = 1 / options["connect_rate"] if options["connect_rate"] else 0
+    openers = []
+    for index in range(options["clients"]):
+        openers.append(asyncio.create_task(open_one(index)))
+        if interval:
+            await asyncio.sleep(interval)
+    await asyncio.gather(*openers)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    books.cpu_s = time.process_time() - started_cpu
+    result = books.__dict__.copy()
+    if options["mode"] == "chat":
+        sent = set().union(*(member.get("sent", set()) for member in options.get("_members", [])))
+        result["sent_client_ids"] = sorted(sent)
+        result["ids_per_socket"] = [len(ids) for ids in per_socket_ids]
+    return result
+
+
+def client_process(options: dict, queue: multiprocessing.Queue) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    queue.put(asyncio.run(run_clients(options)))
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
+
+
+def run(mode: str, url: str, clients: int, seconds: float, processes: int = 1, session: str | None = None,
+        connect_rate: float = 0, senders: int = 0, rate: float = 1, open_timeout: float = 10) -> dict[str, Any]:
+    """Run the load and return the summed books (see the module docstring)."""
+    parsed = urlparse(url)
+    if parsed.hostname not in LOOPBACK:
+        raise SystemExit(f"refusing to load {parsed.hostname}: loopback targets only")
+    origin = f"http://{parsed.hostname}:{parsed.port}"
+    processes = max(1, min(processes, clients))
+    now = time.time()
+    warmup_s = 0.0
+    if mode == "chat":
+        # Members join first; then the senders send for `seconds`; then 3 s to drain.
+        warmup_s = (clients / connect_rate if connect_rate else 2 + clients / 500)
+    drain_s = 3.0 if mode == "chat" else 0.0
+    deadline_wall = now + warmup_s + seconds + drain_s
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    workers = []
+    for index in range(processes):
+        share = clients // processes + (1 if index < clients % processes else 0)
+        options = {
+            "mode": mode, "url": url, "origin": origin, "clients": share, "seconds": seconds,
+            "session": session, "connect_rate": connect_rate / processes if connect_rate else 0,
+            "senders_here": senders if index == 0 else 0, "rate": rate, "open_timeout": open_timeout,
+            "deadline_wall": deadline_wall, "send_start_wall": now + warmup_s, "drain_s": drain_s,
+        }
+        worker = multiprocessing.Process(target=client_process, args=(options, queue), daemon=True)
+        worker.start()
+        workers.append(worker)
+    parts = [queue.get(timeout=deadline_wall - time.time() + 120) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    return summarise(mode, parts, clients, seconds, senders, rate)
+
+
+def summarise(mode: str, parts: list[dict], clients: int, seconds: float, senders: int, rate: float) -> dict[str, Any]:
+    latencies = [value for part in parts for value in part["latencies_ms"]]
+    connect_ms = [value for part in parts for value in part["connect_ms"]]
+    reasons: dict[str, int] = {}
+    for part in parts:
+        for reason, count in part["failure_reasons"].items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    summary = {
+        "mode": mode,
+        "clients": clients,
+        "seconds": seconds,
+        "connected": sum(part["connected"] for part in parts),
+        "failed_handshakes": sum(part["failed"] for part in parts),
+        "failure_reasons": reasons,
+        "disconnects": sum(part["disconnects"] for part in parts),
+        "frames": sum(part["frames"] for part in parts),
+        "deliveries_per_s": round(sum(part["frames"] for part in parts) / seconds, 1),
+        "missed": sum(part["missed"] for part in parts),
+        "duplicated": sum(part["duplicated"] for part in parts),
+        "resyncs": sum(part["resyncs"] for part in parts),
+        "latency_ms": {
+            "p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99),
+            "max": round(max(latencies), 2) if latencies else None,
+            "mean": round(statistics.fmean(latencies), 2) if latencies else None,
+        },
+        "connect_ms": {"p50": percentile(connect_ms, 0.5), "p99": percentile(connect_ms, 0.99)},
+        "client_cpu_s": round(sum(part["cpu_s"] for part in parts), 2),
+        "client_processes": len(parts),
+    }
+    if mode == "chat":
+        sent = set().union(*(part["sent_client_ids"] for part in parts))
+        per_socket = [count for part in parts for count in part["ids_per_socket"]]
+        summary["messages_sent"] = len(sent)
+        # Every member must have seen every stored message exactly once.
+        summary["lost"] = sum(max(0, len(sent) - count) for count in per_socket)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["status", "original", "chat"])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--session", help="a sessionid cookie value for authenticated endpoints")
+    parser.add_argument("--connect-rate", type=float, default=0, help="new sockets per second (0: all at once)")
+    parser.add_argument("--senders", type=int, default=0, help="chat: how many members send")
+    parser.add_argument("--rate", type=float, default=1, help="chat: messages per second per sender")
+    args = parser.parse_args()
+    summary = run(args.mode, args.url, args.clients, args.seconds, args.processes, args.session,
+                  args.connect_rate, args.senders, args.rate)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
