@@ -35,6 +35,10 @@ demo: migrate
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The standard benchmark set (bench/run.py), appended to bench/results/; BENCH_QUICK=1 for a short pass.
+bench: install
+	$(PY) bench/run.py standard $(if $(BENCH_QUICK),--quick)
+
 user: migrate
 	$(PY) manage.py createsuperuser
 

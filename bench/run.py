@@ -38,6 +38,13 @@ from tests.stack import Stack  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 FLEET_TOKEN = "bench-fleet-token"
+# The web server under test: the Procfile's daphne, or alternatives measured against it.
+WEB_SERVERS = {
+    "daphne": None,
+    "uvicorn": "uvicorn project.asgi:application --host 127.0.0.1 --port ${PORT} --loop uvloop "
+               "--http httptools --ws websockets --no-access-log --log-level warning",
+}
+web_server = "daphne"
 
 
 def machine() -> dict:
@@ -48,7 +55,14 @@ def machine() -> dict:
 
 
 def versions() -> dict:
-    return {name: version(name) for name in ("django", "channels", "channels-redis", "daphne", "redis", "websockets")}
+    names = ("django", "channels", "channels-redis", "daphne", "uvicorn", "redis", "websockets")
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except Exception:
+            out[name] = None
+    return out
 
 
 class Monitor:
@@ -121,6 +135,8 @@ def our_stack(redis_url: str, **env: str):
         "FLEET_TOKEN": FLEET_TOKEN, "LOG_LEVEL": "WARNING",
         "CHAT_RATE_LIMIT_COUNT": "100000", "CHAT_RATE_LIMIT_WINDOW_S": "1", **env,
     })
+    if WEB_SERVERS[web_server]:
+        stack.procfile["web"] = WEB_SERVERS[web_server]
     stack.start_all()
     stack.create_users("bench")
     stack.session = stack.login("bench")
@@ -150,6 +166,8 @@ def stack_processes(stack: Stack, redis_server) -> dict[str, int]:
 
 
 def row(scenario: str, params: dict, books: dict, cost: dict) -> dict:
+    if not scenario.startswith(("S0", "S3 original")):
+        params = {**params, "web": web_server}
     return {"scenario": scenario, "params": params, "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(),
             "versions": versions(), "load": books, "cost": cost}
@@ -332,7 +350,10 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=10)
     parser.add_argument("--rate", type=float, default=1)
     parser.add_argument("--connect-rate", type=float, default=200)
+    parser.add_argument("--web", choices=sorted(WEB_SERVERS), default="daphne", help="web server under test")
     args = parser.parse_args()
+    global web_server
+    web_server = args.web
     raise_fd_limit()
     runners = {
         "standard": lambda: standard(args.quick, args.processes),
