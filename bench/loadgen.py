@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
+import orjson
 import websockets
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -47,6 +48,7 @@ class Books:
     failed: int = 0
     failure_reasons: dict[str, int] = field(default_factory=dict)
     frames: int = 0
+    frame_bytes: int = 0
     expected: int = 0
     missed: int = 0
     duplicated: int = 0
@@ -65,7 +67,8 @@ def iso_to_ns(ts: str) -> int:
     return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1e9)
 
 
-async def status_client(ws, books: Books, deadline: float, start_wall: float) -> None:
+async def status_client(ws, books: Books, deadline: float, measure_from: float) -> None:
+    """Checks every update's ``seq``; counts frames and latency once the warm-up is over."""
     epoch, seq = None, None
     while (remaining := deadline - time.monotonic()) > 0:
         try:
@@ -73,14 +76,16 @@ async def status_client(ws, books: Books, deadline: float, start_wall: float) ->
         except TimeoutError:
             return
         received_ns = time.time_ns()
-        frame = json.loads(raw)
+        frame = orjson.loads(raw)
         if frame["type"] == "status.snapshot":
             epoch, seq = frame.get("epoch"), frame.get("seq")
             continue
         if frame.get("type") != "status.update":
             continue
-        books.frames += 1
-        books.latencies_ms.append((received_ns - frame["tick_ns"]) / 1e6)
+        if time.monotonic() >= measure_from:
+            books.frames += 1
+            books.frame_bytes += len(raw)
+            books.latencies_ms.append((received_ns - frame["tick_ns"]) / 1e6)
         if seq is None or frame.get("epoch") != epoch:
             if epoch is not None:
                 books.resyncs += 1
@@ -93,15 +98,17 @@ async def status_client(ws, books: Books, deadline: float, start_wall: float) ->
             seq = frame["seq"]
 
 
-async def original_client(ws, books: Books, deadline: float, start_wall: float) -> None:
+async def original_client(ws, books: Books, deadline: float, measure_from: float) -> None:
     while (remaining := deadline - time.monotonic()) > 0:
         try:
             raw = await asyncio.wait_for(ws.recv(), remaining)
         except TimeoutError:
             return
         received_ns = time.time_ns()
+        if time.monotonic() < measure_from:
+            continue
         books.frames += 1
-        message = json.loads(raw)
+        message = orjson.loads(raw)
         if isinstance(message, dict) and "sent_ns" in message:
             books.latencies_ms.append((received_ns - message["sent_ns"]) / 1e6)
 
@@ -133,7 +140,7 @@ async def chat_client(ws, books: Books, deadline: float, options: dict, index: i
             except TimeoutError:
                 return
             received_ns = time.time_ns()
-            frame = json.loads(raw)
+            frame = orjson.loads(raw)
             if frame.get("type") != "chat.message":
                 continue
             books.frames += 1
@@ -151,6 +158,7 @@ async def run_clients(options: dict) -> dict:
     books = Books()
     started_cpu = time.process_time()
     deadline = time.monotonic() + (options["deadline_wall"] - time.time())
+    measure_from = time.monotonic() + (options["measure_from_wall"] - time.time())
     headers = {"Cookie": f"sessionid={options['session']}"} if options.get("session") else {}
     sockets = []
     per_socket_ids: list[set] = []
@@ -171,9 +179,9 @@ async def run_clients(options: dict) -> dict:
         books.connected += 1
         sockets.append(ws)
         if options["mode"] == "status":
-            coroutine = status_client(ws, books, deadline, time.time())
+            coroutine = status_client(ws, books, deadline, measure_from)
         elif options["mode"] == "original":
-            coroutine = original_client(ws, books, deadline, time.time())
+            coroutine = original_client(ws, books, deadline, measure_from)
         else:
             ids: set = set()
             per_socket_ids.append(ids)
@@ -226,6 +234,16 @@ def percentile(values: list[float], fraction: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
 
 
+def warmup_s(clients: int, connect_rate: float = 0) -> float:
+    """How long the clients take to connect before frames are counted.
+
+    Every client connects first (and gets its snapshot); frames count only after that,
+    for ``seconds``. Chat senders start then, and stop 3 s before the end so that the
+    last messages reach everyone.
+    """
+    return clients / connect_rate + 2 if connect_rate else 2 + clients / 500
+
+
 def run(mode: str, url: str, clients: int, seconds: float, processes: int = 1, session: str | None = None,
         connect_rate: float = 0, senders: int = 0, rate: float = 1, open_timeout: float = 10) -> dict[str, Any]:
     """Run the load and return the summed books (see the module docstring)."""
@@ -235,12 +253,9 @@ def run(mode: str, url: str, clients: int, seconds: float, processes: int = 1, s
     origin = f"http://{parsed.hostname}:{parsed.port}"
     processes = max(1, min(processes, clients))
     now = time.time()
-    warmup_s = 0.0
-    if mode == "chat":
-        # Members join first; then the senders send for `seconds`; then 3 s to drain.
-        warmup_s = (clients / connect_rate if connect_rate else 2 + clients / 500)
+    warmup = warmup_s(clients, connect_rate)
     drain_s = 3.0 if mode == "chat" else 0.0
-    deadline_wall = now + warmup_s + seconds + drain_s
+    deadline_wall = now + warmup + seconds + drain_s
     queue: multiprocessing.Queue = multiprocessing.Queue()
     workers = []
     for index in range(processes):
@@ -249,7 +264,8 @@ def run(mode: str, url: str, clients: int, seconds: float, processes: int = 1, s
             "mode": mode, "url": url, "origin": origin, "clients": share, "seconds": seconds,
             "session": session, "connect_rate": connect_rate / processes if connect_rate else 0,
             "senders_here": senders if index == 0 else 0, "rate": rate, "open_timeout": open_timeout,
-            "deadline_wall": deadline_wall, "send_start_wall": now + warmup_s, "drain_s": drain_s,
+            "deadline_wall": deadline_wall, "send_start_wall": now + warmup, "drain_s": drain_s,
+            "measure_from_wall": now + warmup,
         }
         worker = multiprocessing.Process(target=client_process, args=(options, queue), daemon=True)
         worker.start()
@@ -277,6 +293,7 @@ def summarise(mode: str, parts: list[dict], clients: int, seconds: float, sender
         "disconnects": sum(part["disconnects"] for part in parts),
         "frames": sum(part["frames"] for part in parts),
         "deliveries_per_s": round(sum(part["frames"] for part in parts) / seconds, 1),
+        "mean_frame_bytes": round(sum(part["frame_bytes"] for part in parts) / max(1, sum(part["frames"] for part in parts))),
         "missed": sum(part["missed"] for part in parts),
         "duplicated": sum(part["duplicated"] for part in parts),
         "resyncs": sum(part["resyncs"] for part in parts),

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -37,6 +38,10 @@ from project import embedded_redis  # noqa: E402
 from tests.stack import Stack  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+# Streaming scenarios open their sockets at this rate, then measure: all at once, thousands
+# of handshakes time out (each looks its session up in the database), which is the
+# reconnect wave's question, not the stream's.
+CONNECT_RATE = 500
 FLEET_TOKEN = "bench-fleet-token"
 # The web server under test: the Procfile's daphne, or alternatives measured against it.
 WEB_SERVERS = {
@@ -66,13 +71,19 @@ def versions() -> dict:
 
 
 class Monitor:
-    """CPU seconds and peak RSS of named processes, and Redis commands, over a run."""
+    """CPU and peak RSS of named processes, and Redis commands, over a run.
+
+    CPU and commands are reported for the steady window (from ``steady_after_s``, when every
+    client has connected, to the end), so that a handshake storm does not count as fan-out
+    cost; the whole run's figures are kept beside them.
+    """
 
     def __init__(self, processes: dict[str, int], redis_url: str | None) -> None:
         self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
         self.redis = redis.Redis.from_url(redis_url) if redis_url else None
         self.peak_rss = dict.fromkeys(self.processes, 0)
         self.stop = threading.Event()
+        self.steady: tuple[dict[str, float], int, float] | None = None
 
     def cpu(self) -> dict[str, float]:
         out = {}
@@ -87,30 +98,43 @@ class Monitor:
     def commands(self) -> int:
         return int(self.redis.info("stats")["total_commands_processed"]) if self.redis else 0
 
-    def sample(self) -> None:
+    def reading(self) -> tuple[dict[str, float], int, float]:
+        return self.cpu(), self.commands(), time.monotonic()
+
+    def sample(self, steady_at: float) -> None:
         while not self.stop.wait(0.5):
+            if self.steady is None and time.monotonic() >= steady_at:
+                self.steady = self.reading()
             for name, process in self.processes.items():
                 try:
                     self.peak_rss[name] = max(self.peak_rss[name], process.memory_info().rss)
                 except psutil.Error:
                     pass
 
+    @staticmethod
+    def rates(before: tuple, after: tuple) -> tuple[dict[str, float], float, float]:
+        (cpu_before, commands_before, t_before), (cpu_after, commands_after, t_after) = before, after
+        elapsed = max(t_after - t_before, 1e-9)
+        cpu_pct = {name: round(100 * (cpu_after[name] - cpu_before[name]) / elapsed, 1) for name in cpu_after}
+        return cpu_pct, round((commands_after - commands_before) / elapsed, 1), round(elapsed, 1)
+
     @contextmanager
-    def measuring(self):
-        cpu_before, commands_before, started = self.cpu(), self.commands(), time.monotonic()
-        sampler = threading.Thread(target=self.sample, daemon=True)
+    def measuring(self, steady_after_s: float = 0.0):
+        first = self.reading()
+        sampler = threading.Thread(target=self.sample, args=(first[2] + steady_after_s,), daemon=True)
         sampler.start()
         report: dict = {}
         yield report
         self.stop.set()
         sampler.join()
-        elapsed = time.monotonic() - started
-        cpu_after = self.cpu()
-        report["server_cpu_s"] = {name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_after}
-        report["server_cpu_pct"] = {name: round(100 * value / elapsed, 1) for name, value in report["server_cpu_s"].items()}
+        last = self.reading()
+        whole_cpu, whole_commands, whole_s = self.rates(first, last)
+        steady_cpu, steady_commands, steady_s = self.rates(self.steady or first, last)
+        report["server_cpu_pct"] = steady_cpu
+        report["redis_commands_per_s"] = steady_commands
+        report["steady_s"] = steady_s
+        report["whole_run"] = {"server_cpu_pct": whole_cpu, "redis_commands_per_s": whole_commands, "elapsed_s": whole_s}
         report["server_peak_rss_mib"] = {name: round(value / 2**20, 1) for name, value in self.peak_rss.items()}
-        report["redis_commands_per_s"] = round((self.commands() - commands_before) / elapsed, 1)
-        report["elapsed_s"] = round(elapsed, 1)
 
 
 def raise_fd_limit() -> None:
@@ -148,6 +172,9 @@ def our_stack(redis_url: str, **env: str):
 
 @contextmanager
 def simulated_fleet(stack: Stack, machines: int):
+    if not machines:
+        yield None
+        return
     process = subprocess.Popen(
         [sys.executable, "manage.py", "simulate_fleet", "--machines", str(machines), "--url", stack.base_url,
          "--token", FLEET_TOKEN, "--seed", "7"], cwd=ROOT, env=stack.env,
@@ -168,39 +195,65 @@ def stack_processes(stack: Stack, redis_server) -> dict[str, int]:
 def row(scenario: str, params: dict, books: dict, cost: dict) -> dict:
     if not scenario.startswith(("S0", "S3 original")):
         params = {**params, "web": web_server}
+    # The load average says whether anything else shared the machine during the run.
     return {"scenario": scenario, "params": params, "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "load_avg_1_5_15": [round(value, 2) for value in os.getloadavg()],
             "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(),
             "versions": versions(), "load": books, "cost": cost}
 
 
-def s0(clients: int, seconds: float, processes: int) -> dict:
+def s0(clients: int, seconds: float, processes: int, pad_bytes: int = 0) -> dict:
     port = embedded_redis.free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "s0_server.py"), "--port", str(port)])
+    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "s0_server.py"), "--port", str(port),
+                               "--pad-bytes", str(pad_bytes)])
     time.sleep(1)
     try:
         monitor = Monitor({"s0": server.pid}, None)
-        with monitor.measuring() as cost:
-            books = loadgen.run("status", f"ws://127.0.0.1:{port}/", clients, seconds, processes)
+        with monitor.measuring(loadgen.warmup_s(clients, CONNECT_RATE)) as cost:
+            books = loadgen.run("status", f"ws://127.0.0.1:{port}/", clients, seconds, processes,
+                                connect_rate=CONNECT_RATE)
     finally:
         server.terminate()
         server.wait(10)
-    return row("S0 ceiling", {"clients": clients, "seconds": seconds}, books, cost)
+    return row("S0 ceiling", {"clients": clients, "seconds": seconds, "pad_bytes": pad_bytes}, books, cost)
 
 
-def s1(clients: int, seconds: float, processes: int, machines: int = 200) -> dict:
+def s1(clients: int, seconds: float, processes: int, machines: int = 200, scenario: str = "S1 status") -> dict:
     with private_redis() as (redis_server, url), our_stack(url) as stack, simulated_fleet(stack, machines):
         monitor = Monitor(stack_processes(stack, redis_server), url)
-        with monitor.measuring() as cost:
-            books = loadgen.run("status", stack.ws_url + "/ws/status/", clients, seconds, processes, stack.session)
-    return row("S1 status", {"clients": clients, "seconds": seconds, "machines": machines}, books, cost)
+        with monitor.measuring(loadgen.warmup_s(clients, CONNECT_RATE)) as cost, \
+                profiling(stack, f"s1-{clients}-m{machines}-{web_server}", loadgen.warmup_s(clients, CONNECT_RATE), seconds):
+            books = loadgen.run("status", stack.ws_url + "/ws/status/", clients, seconds, processes, stack.session,
+                                connect_rate=CONNECT_RATE)
+    return row(scenario, {"clients": clients, "seconds": seconds, "machines": machines}, books, cost)
+
+
+profile = False
+
+
+@contextmanager
+def profiling(stack: Stack, name: str, delay_s: float, duration_s: float):
+    """With ``--profile``: py-spy samples the web process in the steady window (collapsed stacks)."""
+    if not profile:
+        yield
+        return
+    out = RESULTS / f"profile-{name}.txt"
+    py_spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(stack.processes["web"].pid),
+              "--duration", str(int(duration_s)), "--rate", "50", "--format", "raw", "--output", str(out), "--nonblocking"]
+    spy = subprocess.Popen(["sh", "-c", 'sleep "$0" && exec "$@"', str(delay_s), *py_spy],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.wait(duration_s + delay_s + 60)
 
 
 def s2(members: int, senders: int, rate: float, seconds: float, processes: int) -> dict:
     with private_redis() as (redis_server, url), our_stack(url) as stack:
         monitor = Monitor(stack_processes(stack, redis_server), url)
-        with monitor.measuring() as cost:
+        with monitor.measuring(loadgen.warmup_s(members, CONNECT_RATE)) as cost:
             books = loadgen.run("chat", stack.ws_url + "/ws/chat/bench/", members, seconds, processes, stack.session,
-                                senders=senders, rate=rate)
+                                senders=senders, rate=rate, connect_rate=CONNECT_RATE)
     return row("S2 chat", {"members": members, "senders": senders, "room_msgs_per_s": senders * rate,
                            "seconds": seconds}, books, cost)
 
@@ -217,8 +270,9 @@ def s3_original(clients: int, seconds: float, processes: int) -> dict:
         time.sleep(3)
         try:
             monitor = Monitor({"web": server.pid, "redis": redis_server.pid}, url)
-            with monitor.measuring() as cost:
-                books = loadgen.run("original", f"ws://127.0.0.1:{port}/ws/attime/", clients, seconds, processes)
+            with monitor.measuring(loadgen.warmup_s(clients, CONNECT_RATE)) as cost:
+                books = loadgen.run("original", f"ws://127.0.0.1:{port}/ws/attime/", clients, seconds, processes,
+                                    connect_rate=CONNECT_RATE)
         finally:
             server.terminate()
             server.wait(10)
@@ -231,7 +285,7 @@ def reconnect_wave(clients: int, rate: float, processes: int) -> dict:
     with private_redis() as (redis_server, url), our_stack(url) as stack:
         monitor = Monitor(stack_processes(stack, redis_server), url)
         with monitor.measuring() as cost:
-            books = loadgen.run("status", stack.ws_url + "/ws/status/", clients, clients / rate + 3, processes,
+            books = loadgen.run("status", stack.ws_url + "/ws/status/", clients, 5, processes,
                                 stack.session, connect_rate=rate)
     return row("reconnect wave", {"clients": clients, "connects_per_s": rate}, books, cost)
 
@@ -280,27 +334,33 @@ def stalled_client(seconds: float) -> dict:
     return row("stalled client", {"seconds": seconds, "machines": 200}, {}, cost)
 
 
-def standard(quick: bool, processes: int) -> list[dict]:
+S1_FRAME_BYTES = 45_000  # a typical S1 update with 200 machines changing (measured: 38-68 KB)
+
+
+def standard(quick: bool, processes: int) -> Iterator[dict]:
+    """The standard set, one row at a time (each is saved as soon as it is measured)."""
     seconds = 10 if quick else 60
-    sizes = [1000, 2000] if quick else [1000, 2000, 5000, 10000]
-    rows = []
-    for clients in sizes:
-        rows.append(s0(clients, seconds, processes))
-        rows.append(s1(clients, seconds, processes))
-    rows.append(s2(500, 10, 1, seconds, processes))
-    rows.append(s2(1000, 20, 1, seconds, processes))
+    s3_seconds = 10 if quick else 30
+    for clients in [1000] if quick else [1000, 2000, 5000, 10000]:
+        yield s0(clients, seconds, processes)
+        yield s0(clients, seconds, processes, pad_bytes=S1_FRAME_BYTES)
+        yield s1(clients, seconds, processes, machines=0, scenario="S1 status, idle fleet")
+        yield s1(clients, seconds, processes)
+    yield s2(500, 10, 1, seconds, processes)
+    yield s2(1000, 20, 1, seconds, processes)
     for clients in (100, 200):
-        rows.append(s3_original(clients, 30 if not quick else 10, processes))
-        rows.append(s1(clients, 30 if not quick else 10, processes))
-    rows.append(reconnect_wave(1000, 200, processes))
-    for rate in ([500] if quick else [500, 1000, 2000]):
-        rows.append(reconnect_wave(1000, rate, processes))
-    rows.append(idle_memory(1000, processes))
-    rows.append(stalled_client(20 if quick else 60))
-    return rows
+        yield s3_original(clients, s3_seconds, processes)
+        # Both sides serve every client a fresh status each second; ours with no fleet
+        # reporting, so that only the fan-out is compared.
+        yield s1(clients, s3_seconds, processes, machines=0, scenario="S3 ours: /ws/status/")
+    for rate in [200, 500] if quick else [200, 500, 1000, 2000]:
+        yield reconnect_wave(1000, rate, processes)
+    yield idle_memory(1000, processes)
+    yield stalled_client(20 if quick else 60)
 
 
 def save(rows: list[dict]) -> None:
+    """Appends ``rows`` to results.json and re-renders results.md from all of it."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "results.json"
     history = json.loads(path.read_text()) if path.exists() else []
@@ -309,13 +369,28 @@ def save(rows: list[dict]) -> None:
     (RESULTS / "results.md").write_text(render(history))
 
 
+def web_us_per_delivery(r: dict) -> float | str:
+    """CPU microseconds the socket-serving process spent per frame delivered (steady window)."""
+    cpu_pct = r["cost"].get("server_cpu_pct", {})
+    web_pct = cpu_pct.get("web", cpu_pct.get("s0"))
+    rate = r["load"].get("deliveries_per_s")
+    return round(web_pct / 100 / rate * 1e6) if web_pct is not None and rate else ""
+
+
+def per_process(values: dict, unit: str) -> str:
+    return ", ".join(f"{name} {value:g}{unit}" for name, value in values.items())
+
+
 def render(rows: list[dict]) -> str:
     lines = [
         "# Benchmark results", "",
-        "Appended by `bench/run.py`; newest last. CPU is seconds over the run per process; latency is from the",
-        "server's event time (`tick_ns`, `sent_ns`, `ts`) to receipt by the client.", "",
-        "| when | scenario | params | connected / failed | deliveries/s | missed | dup | p50 ms | p99 ms | max ms | server CPU s | client CPU s | peak RSS MiB | Redis cmd/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Appended by `bench/run.py` (each row in results.json has the exact command, versions and machine);",
+        "newest last. Server CPU is % of one core per process and Redis cmd/s over the steady window (all clients connected); client CPU is seconds, all",
+        "load-generator processes together. Latency is from the server's event time (`tick_ns`, `sent_ns`,",
+        "`ts`) to receipt by the client. Load average is the machine's at the end of the row.", "",
+        "| when | scenario | params | connected / failed | deliveries/s | frame B | missed | dup | p50 ms | p99 ms | max ms "
+        "| server CPU | web µs/delivery | client CPU s | peak RSS MiB | Redis cmd/s | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         load, cost = r["load"], r["cost"]
@@ -332,10 +407,11 @@ def render(rows: list[dict]) -> str:
             extra = f" (web RSS growth {cost['growth_mib']} MiB: {cost['web_rss_mib_every_5s']})"
         lines.append(
             f"| {r['when']} | {r['scenario']}{extra} | {params} | {load.get('connected', '')} / {load.get('failed_handshakes', '')} "
-            f"| {load.get('deliveries_per_s', '')} | {load.get('missed', '')} | {load.get('duplicated', '')} "
-            f"| {latency.get('p50', '')} | {latency.get('p99', '')} | {latency.get('max', '')} "
-            f"| {cost.get('server_cpu_s', '')} | {load.get('client_cpu_s', '')} | {cost.get('server_peak_rss_mib', '')} "
-            f"| {cost.get('redis_commands_per_s', '')} |"
+            f"| {load.get('deliveries_per_s', '')} | {load.get('mean_frame_bytes', '')} | {load.get('missed', '')} "
+            f"| {load.get('duplicated', '')} | {latency.get('p50', '')} | {latency.get('p99', '')} | {latency.get('max', '')} "
+            f"| {per_process(cost.get('server_cpu_pct', {}), ' %')} | {web_us_per_delivery(r)} | {load.get('client_cpu_s', '')} "
+            f"| {per_process(cost.get('server_peak_rss_mib', {}), '')} | {cost.get('redis_commands_per_s', '')} "
+            f"| {r.get('load_avg_1_5_15', [''])[0]} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -350,23 +426,29 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=10)
     parser.add_argument("--rate", type=float, default=1)
     parser.add_argument("--connect-rate", type=float, default=200)
+    parser.add_argument("--machines", type=int, default=200, help="S1: simulated machines reporting")
+    parser.add_argument("--profile", action="store_true", help="S1: py-spy the web process")
+    parser.add_argument("--pad-bytes", type=int, default=0, help="S0: padding per update, to match S1's frame size")
     parser.add_argument("--web", choices=sorted(WEB_SERVERS), default="daphne", help="web server under test")
     args = parser.parse_args()
-    global web_server
-    web_server = args.web
+    global web_server, profile
+    web_server, profile = args.web, args.profile
     raise_fd_limit()
     runners = {
         "standard": lambda: standard(args.quick, args.processes),
-        "s0": lambda: [s0(args.clients, args.seconds, args.processes)],
-        "s1": lambda: [s1(args.clients, args.seconds, args.processes)],
+        "s0": lambda: [s0(args.clients, args.seconds, args.processes, args.pad_bytes)],
+        "s1": lambda: [s1(args.clients, args.seconds, args.processes, args.machines)],
         "s2": lambda: [s2(args.clients, args.senders, args.rate, args.seconds, args.processes)],
-        "s3": lambda: [s3_original(args.clients, args.seconds, args.processes), s1(args.clients, args.seconds, args.processes)],
+        "s3": lambda: [s3_original(args.clients, args.seconds, args.processes),
+                       s1(args.clients, args.seconds, args.processes, machines=0, scenario="S3 ours: /ws/status/")],
         "wave": lambda: [reconnect_wave(args.clients, args.connect_rate, args.processes)],
         "memory": lambda: [idle_memory(args.clients, args.processes)],
         "stalled": lambda: [stalled_client(args.seconds)],
     }
-    rows = runners[args.scenario]()
-    save(rows)
+    rows = []
+    for result in runners[args.scenario]():
+        save([result])
+        rows.append(result)
     print(render(rows))
 
 
