@@ -41,7 +41,7 @@ RESULTS = ROOT / "bench" / "results"
 # Streaming scenarios open their sockets at this rate, then measure: all at once, thousands
 # of handshakes time out (each looks its session up in the database), which is the
 # reconnect wave's question, not the stream's.
-CONNECT_RATE = 500
+CONNECT_RATE = 200
 FLEET_TOKEN = "bench-fleet-token"
 # The web server under test: the Procfile's daphne, or alternatives measured against it.
 WEB_SERVERS = {
