@@ -55,6 +55,9 @@ class Books:
     resyncs: int = 0
     disconnects: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    # status: from the tick to the worker stamping the update (``ts``), so that a slow
+    # worker can be told from a slow fan-out
+    worker_lag_ms: list[float] = field(default_factory=list)
     connect_ms: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
 
@@ -85,6 +88,8 @@ async def status_client(ws, books: Books, deadline: float, measure_from: float) 
         if time.monotonic() >= measure_from:
             books.frames += 1
             books.frame_bytes += len(raw)
+            if "ts" in frame:
+                books.worker_lag_ms.append((iso_to_ns(frame["ts"]) - frame["tick_ns"]) / 1e6)
             books.latencies_ms.append((received_ns - frame["tick_ns"]) / 1e6)
         if seq is None or frame.get("epoch") != epoch:
             if epoch is not None:
@@ -279,6 +284,7 @@ def run(mode: str, url: str, clients: int, seconds: float, processes: int = 1, s
 def summarise(mode: str, parts: list[dict], clients: int, seconds: float, senders: int, rate: float) -> dict[str, Any]:
     latencies = [value for part in parts for value in part["latencies_ms"]]
     connect_ms = [value for part in parts for value in part["connect_ms"]]
+    worker_lag = [value for part in parts for value in part["worker_lag_ms"]]
     reasons: dict[str, int] = {}
     for part in parts:
         for reason, count in part["failure_reasons"].items():
@@ -302,6 +308,8 @@ def summarise(mode: str, parts: list[dict], clients: int, seconds: float, sender
             "max": round(max(latencies), 2) if latencies else None,
             "mean": round(statistics.fmean(latencies), 2) if latencies else None,
         },
+        "worker_lag_ms": {"p50": percentile(worker_lag, 0.50), "p99": percentile(worker_lag, 0.99),
+                          "max": round(max(worker_lag), 2) if worker_lag else None},
         "connect_ms": {"p50": percentile(connect_ms, 0.5), "p99": percentile(connect_ms, 0.99)},
         "client_cpu_s": round(sum(part["cpu_s"] for part in parts), 2),
         "client_processes": len(parts),

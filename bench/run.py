@@ -403,6 +403,8 @@ def render(rows: list[dict]) -> str:
             extra = f" (lost {load['lost']})"
         if "rss_per_1000_sockets_mib" in cost:
             extra = f" (RSS/1000 sockets {cost['rss_per_1000_sockets_mib']} MiB)"
+        if (load.get("worker_lag_ms") or {}).get("p99") is not None:
+            extra = f" (worker lag p50/p99 {load['worker_lag_ms']['p50']}/{load['worker_lag_ms']['p99']} ms)"
         if "growth_mib" in cost:
             extra = f" (web RSS growth {cost['growth_mib']} MiB: {cost['web_rss_mib_every_5s']})"
         lines.append(
