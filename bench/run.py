@@ -48,6 +48,9 @@ WEB_SERVERS = {
     "daphne": None,
     "uvicorn": "uvicorn project.asgi:application --host 127.0.0.1 --port ${PORT} --loop uvloop "
                "--http httptools --ws websockets --no-access-log --log-level warning",
+    # two processes sharing one listening socket, one per core
+    "uvicorn-2": "uvicorn project.asgi:application --host 127.0.0.1 --port ${PORT} --loop uvloop "
+                 "--http httptools --ws websockets --no-access-log --log-level warning --workers 2",
 }
 web_server = "daphne"
 
@@ -85,14 +88,24 @@ class Monitor:
         self.stop = threading.Event()
         self.steady: tuple[dict[str, float], int, float] | None = None
 
+    @staticmethod
+    def family(process: psutil.Process) -> list[psutil.Process]:
+        """A process and its children (uvicorn's --workers serve from children)."""
+        try:
+            return [process, *process.children(recursive=True)]
+        except psutil.Error:
+            return [process]
+
     def cpu(self) -> dict[str, float]:
         out = {}
         for name, process in self.processes.items():
-            try:
-                times = process.cpu_times()
-                out[name] = times.user + times.system
-            except psutil.Error:
-                out[name] = 0.0
+            out[name] = 0.0
+            for member in self.family(process):
+                try:
+                    times = member.cpu_times()
+                    out[name] += times.user + times.system
+                except psutil.Error:
+                    pass
         return out
 
     def commands(self) -> int:
@@ -106,10 +119,13 @@ class Monitor:
             if self.steady is None and time.monotonic() >= steady_at:
                 self.steady = self.reading()
             for name, process in self.processes.items():
-                try:
-                    self.peak_rss[name] = max(self.peak_rss[name], process.memory_info().rss)
-                except psutil.Error:
-                    pass
+                rss = 0
+                for member in self.family(process):
+                    try:
+                        rss += member.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak_rss[name] = max(self.peak_rss[name], rss)
 
     @staticmethod
     def rates(before: tuple, after: tuple) -> tuple[dict[str, float], float, float]:
