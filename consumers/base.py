@@ -7,7 +7,8 @@ import secrets
 import time
 from typing import Any
 
-from channels.exceptions import ChannelFull
+from channels.consumer import get_handler_name
+from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from project import protocol
@@ -36,7 +37,27 @@ def identify(scope: dict[str, Any], allow_anonymous: bool) -> tuple[str, int | N
     return None
 
 
-class RelayConsumer(AsyncWebsocketConsumer):
+class EdgeConsumer(AsyncWebsocketConsumer):
+    """A WebSocket consumer that never touches the database.
+
+    Channels' own ``dispatch`` and ``websocket_disconnect`` first close stale database
+    connections: a hop to a thread for every message to every socket, the largest single
+    cost in the web process under fan-out (py-spy; see docs/performance.md). Consumers
+    here have no database connection to close, so they dispatch straight to the handler.
+    """
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        await self.disconnect(message.get("code"))
+        raise StopConsumer()
+
+
+class RelayConsumer(EdgeConsumer):
     """Decodes client frames cheaply and forwards them to ``worker_channel``.
 
     Channel messages whose ``type`` is a server frame type carry the frame already
@@ -105,7 +126,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
     error = relay
 
 
-class RefuseConsumer(AsyncWebsocketConsumer):
+class RefuseConsumer(EdgeConsumer):
     """Refuses at the handshake any WebSocket path that no route serves."""
 
     async def connect(self) -> None:

@@ -35,13 +35,19 @@ class ConnectionCounter:
         self.open -= 1
 
     async def _report_forever(self) -> None:
+        """Publish the count every second while sockets are open; stop with the last one."""
         client = redis.from_url(settings.REDIS_URL)
-        while True:
-            try:
-                await client.set(PROCESS_KEY, self.open, ex=heartbeats.WEB_CONNECTIONS_TTL_S)
-            except redis.RedisError as error:
-                log.warning("could not publish the connection count: %s", error)
-            await asyncio.sleep(1)
+        try:
+            while True:
+                try:
+                    await client.set(PROCESS_KEY, self.open, ex=heartbeats.WEB_CONNECTIONS_TTL_S)
+                except redis.RedisError as error:
+                    log.warning("could not publish the connection count: %s", error)
+                if self.open <= 0:
+                    return
+                await asyncio.sleep(1)
+        finally:
+            await client.aclose()
 
 
 connections = ConnectionCounter()

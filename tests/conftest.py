@@ -42,9 +42,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
 
 
 @pytest.fixture
-def channel_layer(settings):
-    """An in-memory channel layer for unit tests of consumers and workers."""
+def channel_layer(settings, redis_url):
+    """An in-memory channel layer for unit tests of consumers and workers.
+
+    What still talks to Redis directly (heartbeats, connection counts) gets the private one.
+    """
     from channels.layers import get_channel_layer
 
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.REDIS_URL = redis_url
     return get_channel_layer()

@@ -15,9 +15,8 @@ from project import protocol
 ALICE = SimpleNamespace(is_authenticated=True, pk=7, get_username=lambda: "alice")
 NOBODY = SimpleNamespace(is_authenticated=False, pk=None)
 
-# Channels closes stale DB connections around every dispatch, consumers included;
-# the consumers themselves never query.
-pytestmark = pytest.mark.django_db(transaction=True)
+# No django_db mark: pytest-django fails any test that touches the database, so these
+# also prove that the consumers never do.
 
 
 def communicator(path: str, user) -> WebsocketCommunicator:
@@ -76,11 +75,15 @@ async def test_bad_frame_is_answered_by_the_consumer_without_reaching_a_worker(c
 
 
 async def test_anonymous_is_refused_before_accept(channel_layer):
-    connected, code = await communicator("/ws/chat/", NOBODY).connect()
+    comm = communicator("/ws/chat/", NOBODY)
+    connected, _ = await comm.connect()
     assert not connected
+    await comm.disconnect()
 
 
 @pytest.mark.parametrize("path", ["/ws/chat/a b/", "/ws/elsewhere/"])
 async def test_unrouted_path_is_refused(channel_layer, path):
-    connected, _ = await communicator(path, ALICE).connect()
+    comm = communicator(path, ALICE)
+    connected, _ = await comm.connect()
     assert not connected
+    await comm.disconnect()

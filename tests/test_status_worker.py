@@ -61,8 +61,7 @@ def test_report_checker_lists_every_problem():
 @pytest.mark.django_db(transaction=True)
 class TestStatusWorker:
     @pytest.fixture
-    async def worker(self, channel_layer, settings, redis_url):
-        settings.REDIS_URL = redis_url  # the system probe pings a real (private) Redis
+    async def worker(self, channel_layer):
         self.layer = channel_layer
         self.socket = await channel_layer.new_channel()
         await channel_layer.group_add(protocol.STATUS_GROUP, self.socket)
