@@ -109,8 +109,9 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# Connections persist (conn_max_age): opening a new one per WebSocket handshake was a
+# visible share of the web process's time under a reconnect wave (py-spy).
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
