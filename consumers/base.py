@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -15,13 +14,9 @@ from project import protocol
 from project.protocol import ErrorCode, ProtocolError
 
 from .connections import connections
+from .fanout import fanout_for
 
 log = logging.getLogger(__name__)
-
-# The core layer forgets a group member after ``group_expiry`` (1 day); a socket that
-# stays open longer (a dashboard on a wall) re-joins well before that.
-GROUP_REFRESH_S = 3600
-
 
 def identify(scope: dict[str, Any], allow_anonymous: bool) -> tuple[str, int | None] | None:
     """``(display name, user id)`` of a socket, or ``None`` when it must be refused.
@@ -70,11 +65,11 @@ class RelayConsumer(EdgeConsumer):
 
     counted = False  # whether this socket is in the process's open-connection count
     group: str | None = None
-    group_joined_at = 0.0
 
     async def join_group(self, group: str) -> None:
-        await self.channel_layer.group_add(group, self.channel_name)
-        self.group, self.group_joined_at = group, time.monotonic()
+        """Broadcasts to ``group`` reach this socket from the moment this returns (see fanout.py)."""
+        await fanout_for(self.channel_layer).join(group, self)
+        self.group = group
 
     async def accept(self, subprotocol: str | None = None, headers=None) -> None:
         await super().accept(subprotocol, headers)
@@ -86,7 +81,7 @@ class RelayConsumer(EdgeConsumer):
             connections.closed()
             self.counted = False
         if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await fanout_for(self.channel_layer).leave(self.group, self)
             self.group = None
         await super().websocket_disconnect(message)
 
@@ -120,8 +115,6 @@ class RelayConsumer(EdgeConsumer):
 
     async def relay(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["text"])
-        if self.group is not None and time.monotonic() - self.group_joined_at > GROUP_REFRESH_S:
-            await self.join_group(self.group)
 
     error = relay
 
