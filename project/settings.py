@@ -163,6 +163,12 @@ if not DEBUG:
 # ``capacity`` bounds every channel's queue; past it the layer refuses sends to a
 # channel (ChannelFull) and silently drops group deliveries, so it is sized for bursts.
 CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 1000)
+# Every consumer channel of a web process ("specific.<process>!<socket>") shares one queue
+# in Redis, so that queue's capacity is the whole process's backlog, not one socket's: with
+# 1,000, a burst of 5,000 handshakes (a snapshot each) made the layer drop whole status
+# updates for every socket of the process (bench S1: 14,455 missed seq; 0 with 20,000).
+# Messages still expire after ``expiry``.
+PROCESS_CHANNEL_CAPACITY = env_int("PROCESS_CHANNEL_CAPACITY", 20000)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -179,6 +185,7 @@ CHANNEL_LAYERS = {
             ],
             "prefix": "fleetchat",
             "capacity": CHANNEL_CAPACITY,
+            "channel_capacity": {"specific.*": PROCESS_CHANNEL_CAPACITY},
             "expiry": 60,
             "group_expiry": 86400,
         },
