@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,7 @@ def private_redis():
     finally:
         server.terminate()
         server.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager
@@ -184,6 +186,7 @@ def our_stack(redis_url: str, **env: str):
         yield stack
     finally:
         stack.stop_all()
+        shutil.rmtree(stack.workdir, ignore_errors=True)
 
 
 @contextmanager
