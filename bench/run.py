@@ -415,17 +415,18 @@ def render(rows: list[dict]) -> str:
         load, cost = r["load"], r["cost"]
         latency = load.get("latency_ms", {})
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
-        extra = ""
+        notes = []
         if "delivered_pct" in load:
-            extra = f" ({load['delivered_pct']} % of expected)"
+            notes.append(f"{load['delivered_pct']} % of expected")
         if "lost" in load:
-            extra = f" (lost {load['lost']})"
+            notes.append(f"lost {load['lost']}")
         if "rss_per_1000_sockets_mib" in cost:
-            extra = f" (RSS/1000 sockets {cost['rss_per_1000_sockets_mib']} MiB)"
+            notes.append(f"RSS/1000 sockets {cost['rss_per_1000_sockets_mib']} MiB")
         if (load.get("worker_lag_ms") or {}).get("p99") is not None:
-            extra = f" (worker lag p50/p99 {load['worker_lag_ms']['p50']}/{load['worker_lag_ms']['p99']} ms)"
+            notes.append(f"worker lag p50/p99 {load['worker_lag_ms']['p50']}/{load['worker_lag_ms']['p99']} ms")
         if "growth_mib" in cost:
-            extra = f" (web RSS growth {cost['growth_mib']} MiB: {cost['web_rss_mib_every_5s']})"
+            notes.append(f"web RSS growth {cost['growth_mib']} MiB: {cost['web_rss_mib_every_5s']}")
+        extra = f" ({'; '.join(notes)})" if notes else ""
         lines.append(
             f"| {r['when']} | {r['scenario']}{extra} | {params} | {load.get('connected', '')} / {load.get('failed_handshakes', '')} "
             f"| {load.get('deliveries_per_s', '')} | {load.get('mean_frame_bytes', '')} | {load.get('missed', '')} "
