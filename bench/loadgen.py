@@ -29,6 +29,7 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -70,15 +71,20 @@ def iso_to_ns(ts: str) -> int:
     return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1e9)
 
 
-async def status_client(ws, books: Books, deadline: float, measure_from: float) -> None:
-    """Checks every update's ``seq``; counts frames and latency once the warm-up is over."""
-    epoch, seq = None, None
+async def frames_until(ws, deadline: float) -> AsyncIterator[tuple[str, int]]:
+    """Every frame ``ws`` receives before ``deadline`` (monotonic), with its wall-clock receipt time."""
     while (remaining := deadline - time.monotonic()) > 0:
         try:
             raw = await asyncio.wait_for(ws.recv(), remaining)
         except TimeoutError:
             return
-        received_ns = time.time_ns()
+        yield raw, time.time_ns()
+
+
+async def status_client(ws, books: Books, deadline: float, measure_from: float) -> None:
+    """Checks every update's ``seq``; counts frames and latency once the warm-up is over."""
+    epoch, seq = None, None
+    async for raw, received_ns in frames_until(ws, deadline):
         frame = orjson.loads(raw)
         if frame["type"] == "status.snapshot":
             epoch, seq = frame.get("epoch"), frame.get("seq")
@@ -104,12 +110,7 @@ async def status_client(ws, books: Books, deadline: float, measure_from: float) 
 
 
 async def original_client(ws, books: Books, deadline: float, measure_from: float) -> None:
-    while (remaining := deadline - time.monotonic()) > 0:
-        try:
-            raw = await asyncio.wait_for(ws.recv(), remaining)
-        except TimeoutError:
-            return
-        received_ns = time.time_ns()
+    async for raw, received_ns in frames_until(ws, deadline):
         if time.monotonic() < measure_from:
             continue
         books.frames += 1
@@ -139,12 +140,7 @@ async def chat_client(ws, books: Books, deadline: float, options: dict, index: i
 
     task = asyncio.create_task(send_loop()) if sender else None
     try:
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                raw = await asyncio.wait_for(ws.recv(), remaining)
-            except TimeoutError:
-                return
-            received_ns = time.time_ns()
+        async for raw, received_ns in frames_until(ws, deadline):
             frame = orjson.loads(raw)
             if frame.get("type") != "chat.message":
                 continue
