@@ -44,16 +44,16 @@ RESULTS = ROOT / "bench" / "results"
 # reconnect wave's question, not the stream's.
 CONNECT_RATE = 200
 FLEET_TOKEN = "bench-fleet-token"
-# The web server under test: the Procfile's daphne, or alternatives measured against it.
+# The web server under test: the Procfile's (uvicorn, two processes on one listening socket,
+# one per core), or alternatives measured against it.
 WEB_SERVERS = {
-    "daphne": None,
-    "uvicorn": "uvicorn project.asgi:application --host 127.0.0.1 --port ${PORT} --loop uvloop "
-               "--http httptools --ws websockets --no-access-log --log-level warning",
-    # two processes sharing one listening socket, one per core
-    "uvicorn-2": "uvicorn project.asgi:application --host 127.0.0.1 --port ${PORT} --loop uvloop "
-                 "--http httptools --ws websockets --no-access-log --log-level warning --workers 2",
+    "procfile": None,
+    "uvicorn-1": "uvicorn project.asgi:application --host 127.0.0.1 --port ${PORT} --workers 1 --loop uvloop "
+                 "--http httptools --ws websockets --ws-max-size 1048576 --lifespan off --no-access-log",
+    # what the Procfile ran until the outgoing queues were bounded
+    "daphne": "daphne --bind 127.0.0.1 --port ${PORT} --websocket_connect_timeout 30 project.asgi:application",
 }
-web_server = "daphne"
+web_server = "procfile"
 
 
 def machine() -> dict:
@@ -451,7 +451,7 @@ def main() -> None:
     parser.add_argument("--machines", type=int, default=200, help="S1: simulated machines reporting")
     parser.add_argument("--profile", action="store_true", help="S1: py-spy the web process")
     parser.add_argument("--pad-bytes", type=int, default=0, help="S0: padding per update, to match S1's frame size")
-    parser.add_argument("--web", choices=sorted(WEB_SERVERS), default="daphne", help="web server under test")
+    parser.add_argument("--web", choices=sorted(WEB_SERVERS), default="procfile", help="web server under test")
     args = parser.parse_args()
     global web_server, profile
     web_server, profile = args.web, args.profile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from typing import Any
@@ -9,12 +10,14 @@ from typing import Any
 from channels.consumer import get_handler_name
 from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from project import protocol
 from project.protocol import ErrorCode, ProtocolError
 
 from .connections import connections
 from .fanout import fanout_for
+from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,12 @@ class RelayConsumer(EdgeConsumer):
     """Decodes client frames cheaply and forwards them to ``worker_channel``.
 
     Channel messages whose ``type`` is a server frame type carry the frame already
-    encoded in ``text`` (see :func:`project.protocol.relay`); :meth:`relay` writes it
-    to the socket as-is, so a broadcast is never re-encoded per socket.
+    encoded in ``text`` (see :func:`project.protocol.relay`); :meth:`relay` queues it
+    for the socket as-is, so a broadcast is never re-encoded per socket.
+
+    Every frame to the client goes through the socket's :class:`Outbox`, in order, and
+    nothing here waits for the client to read. A client that falls a whole outbox behind
+    gets :meth:`slow_client`; by default it is closed with ``CLOSE_SLOW_CLIENT``.
     """
 
     worker_channel: str
@@ -65,6 +72,16 @@ class RelayConsumer(EdgeConsumer):
 
     counted = False  # whether this socket is in the process's open-connection count
     group: str | None = None
+    closing: asyncio.Task | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outbox = Outbox(
+            write=self.write_text,
+            on_overflow=self.slow_client,
+            max_frames=settings.SOCKET_QUEUE_MAX_FRAMES,
+            max_bytes=settings.SOCKET_QUEUE_MAX_BYTES,
+        )
 
     async def join_group(self, group: str) -> None:
         """Broadcasts to ``group`` reach this socket from the moment this returns (see fanout.py)."""
@@ -73,10 +90,12 @@ class RelayConsumer(EdgeConsumer):
 
     async def accept(self, subprotocol: str | None = None, headers=None) -> None:
         await super().accept(subprotocol, headers)
+        self.outbox.start()
         connections.opened()
         self.counted = True
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        self.outbox.shut_down()
         if self.counted:
             connections.closed()
             self.counted = False
@@ -111,12 +130,27 @@ class RelayConsumer(EdgeConsumer):
         return {}
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
-        await self.send(text_data=protocol.encode(frame))
+        self.outbox.put(protocol.encode(frame))
 
     async def relay(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=event["text"])
+        self.outbox.put(event["text"])
 
     error = relay
+
+    async def write_text(self, text: str) -> None:
+        """The outbox's writer: the only place a frame reaches the socket."""
+        await self.send(text_data=text)
+
+    def slow_client(self, outbox: Outbox) -> None:
+        """The client has not read a whole outbox: drop what waits and close the socket.
+
+        The client reconnects and resumes (chat: ``chat.resume`` from the highest id seen).
+        """
+        dropped = outbox.shut_down()
+        log.info("closing a slow %s socket; %d frames were waiting", type(self).__name__, dropped)
+        self.closing = asyncio.get_running_loop().create_task(
+            self.close(code=protocol.CLOSE_SLOW_CLIENT, reason=protocol.SLOW_CLIENT)
+        )
 
 
 class RefuseConsumer(EdgeConsumer):

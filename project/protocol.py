@@ -64,6 +64,8 @@ ERROR = "error"
 
 STATUS_SNAPSHOT = "status.snapshot"
 STATUS_UPDATE = "status.update"
+# Client -> server: "send me a snapshot". Server -> client: "frames meant for you were
+# dropped because you were not reading; a snapshot follows" (see slow clients below).
 STATUS_RESYNC = "status.resync"
 
 # Client frames each socket kind accepts; anything else is ``unknown_type``.
@@ -81,6 +83,15 @@ HEALTH_PING = "health.ping"  # readyz -> status worker; answered with HEALTH_PON
 HEALTH_PONG = "health.pong"
 
 STATUS_GROUP = "status"
+
+# --- Slow clients ---------------------------------------------------------------------------
+
+# A socket whose client falls a whole outbox behind (settings.SOCKET_QUEUE_MAX_FRAMES /
+# SOCKET_QUEUE_MAX_BYTES; consumers/outbox.py). Status sockets are resynced with a
+# ``status.resync`` frame carrying this reason; other sockets are closed with this code
+# (4000-4999 are the application's own) and reconnect.
+SLOW_CLIENT = "slow_client"
+CLOSE_SLOW_CLIENT = 4008
 
 
 # --- Errors -------------------------------------------------------------------------------------

@@ -192,6 +192,11 @@ CHANNEL_LAYERS = {
     },
 }
 
+# Each socket's outgoing queue (consumers/outbox.py): past either bound a status socket
+# drops what waits and is resynced, a chat socket is closed (4008) and resumes.
+SOCKET_QUEUE_MAX_FRAMES = max(1, env_int("SOCKET_QUEUE_MAX_FRAMES", 256))
+SOCKET_QUEUE_MAX_BYTES = max(1, env_int("SOCKET_QUEUE_MAX_BYTES", 1024 * 1024))
+
 # --- Chat -------------------------------------------------------------------------------
 
 CHAT_MESSAGE_MAX_CHARS = env_int("CHAT_MESSAGE_MAX_CHARS", 2000)
