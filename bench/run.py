@@ -49,7 +49,7 @@ FLEET_TOKEN = "bench-fleet-token"
 WEB_SERVERS = {
     "procfile": None,
     "uvicorn-1": "uvicorn project.asgi:application --host 127.0.0.1 --port ${PORT} --workers 1 --loop uvloop "
-                 "--http httptools --ws websockets --ws-max-size 1048576 --lifespan off --no-access-log",
+                 "--http httptools --ws websockets --ws-max-size 1048576 --ws-per-message-deflate false --lifespan off --no-access-log",
     # what the Procfile ran until the outgoing queues were bounded
     "daphne": "daphne --bind 127.0.0.1 --port ${PORT} --websocket_connect_timeout 30 project.asgi:application",
 }

@@ -19,6 +19,9 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+# What a queued frame may ask for once it has been written to the socket.
+AfterWrite = Callable[[], Awaitable[None]]
+
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +37,7 @@ class Outbox:
         self.on_overflow = on_overflow
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self.waiting: deque[str] = deque()  # encoded frames, oldest first
+        self.waiting: deque[tuple[str, AfterWrite | None]] = deque()  # (encoded frame, then), oldest first
         self.waiting_bytes = 0
         self.wakeup = asyncio.Event()
         self.writer: asyncio.Task | None = None
@@ -44,11 +47,14 @@ class Outbox:
         """Start writing; frames put before this (say, between joining and accepting) wait."""
         self.writer = asyncio.get_running_loop().create_task(self.write_forever())
 
-    def put(self, text: str) -> None:
-        """Queue an encoded frame; never waits. Over the bound, ``on_overflow`` runs before this returns."""
+    def put(self, text: str, then: AfterWrite | None = None) -> None:
+        """Queue an encoded frame; never waits. Over the bound, ``on_overflow`` runs before this returns.
+
+        ``then`` is awaited once the frame has reached the socket (not if it is dropped).
+        """
         if self.shut:
             return
-        self.waiting.append(text)
+        self.waiting.append((text, then))
         self.waiting_bytes += len(text)
         self.wakeup.set()
         if len(self.waiting) > self.max_frames or self.waiting_bytes > self.max_bytes:
@@ -74,7 +80,7 @@ class Outbox:
                 self.wakeup.clear()
                 await self.wakeup.wait()
                 continue
-            text = self.waiting.popleft()
+            text, then = self.waiting.popleft()
             self.waiting_bytes -= len(text)
             try:
                 await self.write(text)
@@ -82,3 +88,5 @@ class Outbox:
                 log.debug("writing to a socket failed (%r); its outbox stops", error)
                 self.shut_down()
                 return
+            if then is not None:
+                await then()

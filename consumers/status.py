@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from project import protocol
@@ -16,7 +15,9 @@ log = logging.getLogger(__name__)
 class StatusConsumer(RelayConsumer):
     worker_channel = protocol.STATUS_WORKER
     client_types = protocol.STATUS_CLIENT_TYPES
-    resyncing: asyncio.Task | None = None  # the snapshot asked for on a slow client's behalf
+    # A slow client's resync notice: whether one waits in the outbox, and what it will report.
+    notice_waiting = False
+    dropped_since_notice = 0
 
     async def connect(self) -> None:
         # The fleet is for operators: no guests here, whatever ALLOW_ANONYMOUS says.
@@ -35,10 +36,17 @@ class StatusConsumer(RelayConsumer):
     def slow_client(self, outbox: Outbox) -> None:
         """Conflate: what waits is stale, so drop it, say so, and send the newest state whole.
 
-        Updates are deltas, useless after a gap; a fresh snapshot replaces them all. The
-        client is told first, so it holds off its own resync until the snapshot arrives.
+        Updates are deltas, useless after a gap; one fresh snapshot replaces them all. It is
+        asked for only once the client has read the notice: a client that stays stalled costs
+        the worker nothing, and its outbox holds one notice (the count of what it missed).
         """
-        dropped = outbox.clear()
+        dropped = outbox.clear() - (1 if self.notice_waiting else 0)  # a waiting notice is replaced
+        self.dropped_since_notice += dropped
         log.info("resyncing a slow status socket; dropped %d frames", dropped)
-        outbox.put(protocol.encode({"type": protocol.STATUS_RESYNC, "reason": protocol.SLOW_CLIENT, "dropped": dropped}))
-        self.resyncing = asyncio.get_running_loop().create_task(self.forward({"type": protocol.STATUS_RESYNC}))
+        notice = {"type": protocol.STATUS_RESYNC, "reason": protocol.SLOW_CLIENT, "dropped": self.dropped_since_notice}
+        outbox.put(protocol.encode(notice), then=self.notice_read)
+        self.notice_waiting = True
+
+    async def notice_read(self) -> None:
+        self.notice_waiting, self.dropped_since_notice = False, 0
+        await self.forward({"type": protocol.STATUS_RESYNC})

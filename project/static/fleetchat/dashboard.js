@@ -3,8 +3,9 @@
 // A snapshot replaces everything; each update replaces the machines it carries (they
 // come whole) and drops the removed ones. An update from another epoch, or one whose
 // seq is not exactly the next, means something was missed: the page asks for a fresh
-// snapshot. No update for more than 3 s shows a stale warning; a stream silent for
-// 10 s is reconnected.
+// snapshot. A status.resync from the server says it dropped updates because this page
+// fell behind; its snapshot follows by itself. No update for more than 3 s shows a stale
+// warning; a stream silent for 10 s is reconnected.
 
 import { LineChart } from "./chart.js";
 import { Connection, showConnectionState } from "./connection.js";
@@ -206,6 +207,7 @@ const connection = new Connection("/ws/status/", {
   onFrame: (frame) => {
     if (frame.type === "status.snapshot") onSnapshot(frame);
     else if (frame.type === "status.update") onUpdate(frame);
+    else if (frame.type === "status.resync") awaitingSnapshot = true; // the server sends it
   },
 }).start();
 
