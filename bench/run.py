@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import loadgen  # noqa: E402
 from project import embedded_redis  # noqa: E402
-from tests.stack import Stack  # noqa: E402
+from tests.stack import Stack, read_procfile  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 # Streaming scenarios open their sockets at this rate, then measure: all at once, thousands
@@ -46,10 +46,13 @@ CONNECT_RATE = 200
 FLEET_TOKEN = "bench-fleet-token"
 # The web server under test: the Procfile's (uvicorn, two processes on one listening socket,
 # one per core), or alternatives measured against it.
+UVICORN = ("uvicorn project.asgi:application --host 127.0.0.1 --port ${PORT} --loop uvloop --http httptools "
+           "--ws-max-size 1048576 --ws-per-message-deflate false --lifespan off --no-access-log")
 WEB_SERVERS = {
     "procfile": None,
-    "uvicorn-1": "uvicorn project.asgi:application --host 127.0.0.1 --port ${PORT} --workers 1 --loop uvloop "
-                 "--http httptools --ws websockets --ws-max-size 1048576 --ws-per-message-deflate false --lifespan off --no-access-log",
+    "uvicorn-1": f"{UVICORN} --workers 1 --ws websockets-sansio",
+    # uvicorn's older (deprecated) WebSocket implementation
+    "uvicorn-2-legacy": f"{UVICORN} --workers 2 --ws websockets",
     # what the Procfile ran until the outgoing queues were bounded
     "daphne": "daphne --bind 127.0.0.1 --port ${PORT} --websocket_connect_timeout 30 project.asgi:application",
 }
@@ -213,7 +216,7 @@ def stack_processes(stack: Stack, redis_server) -> dict[str, int]:
 
 def row(scenario: str, params: dict, books: dict, cost: dict) -> dict:
     if not scenario.startswith(("S0", "S3 original")):
-        params = {**params, "web": web_server}
+        params = {**params, "web": web_server, "web_command": WEB_SERVERS[web_server] or read_procfile()["web"]}
     # The load average says whether anything else shared the machine during the run.
     return {"scenario": scenario, "params": params, "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "load_avg_1_5_15": [round(value, 2) for value in os.getloadavg()],
@@ -309,16 +312,20 @@ def reconnect_wave(clients: int, rate: float, processes: int) -> dict:
     return row("reconnect wave", {"clients": clients, "connects_per_s": rate}, books, cost)
 
 
+def web_rss(stack: Stack) -> int:
+    """Resident bytes of the web server and its worker processes."""
+    return sum(member.memory_info().rss for member in Monitor.family(psutil.Process(stack.processes["web"].pid)))
+
+
 def idle_memory(clients: int, processes: int) -> dict:
     """Web RSS before and with ``clients`` idle status sockets open."""
     with private_redis() as (redis_server, url), our_stack(url) as stack:
-        web = psutil.Process(stack.processes["web"].pid)
-        before = web.memory_info().rss
+        before = web_rss(stack)
         result: dict = {}
 
         def measure_while_open() -> None:
             time.sleep(clients / 500 + 8)
-            result["with_sockets"] = web.memory_info().rss
+            result["with_sockets"] = web_rss(stack)
 
         probe = threading.Thread(target=measure_while_open)
         probe.start()
@@ -331,26 +338,37 @@ def idle_memory(clients: int, processes: int) -> dict:
     return row("idle memory", {"clients": clients}, books, cost)
 
 
-def stalled_client(seconds: float) -> dict:
-    """Web RSS while one client connects to /ws/status/ and never reads again."""
+def stalled_client(seconds: float, **env: str) -> dict:
+    """Web RSS while one client connects to /ws/status/ and never reads again.
+
+    The server may drop it (uvicorn's keepalive ping goes unanswered); the row says when.
+    """
     import socket
 
-    with private_redis() as (redis_server, url), our_stack(url) as stack, simulated_fleet(stack, 200):
-        web = psutil.Process(stack.processes["web"].pid)
+    with private_redis() as (redis_server, url), our_stack(url, **env) as stack, simulated_fleet(stack, 200):
         raw = socket.create_connection(("127.0.0.1", stack.port))
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         raw.sendall((
             f"GET /ws/status/ HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
             f"Origin: {stack.base_url}\r\nCookie: sessionid={stack.session}\r\n\r\n").encode())
-        samples = []
+        samples, dropped_after_s = [], None
         started = time.monotonic()
         while time.monotonic() - started < seconds:
-            samples.append(round(web.memory_info().rss / 2**20, 1))
+            samples.append(round(web_rss(stack) / 2**20, 1))
+            if dropped_after_s is None and not server_holds(stack.port, raw.getsockname()[1]):
+                dropped_after_s = round(time.monotonic() - started)
             time.sleep(5)
         raw.close()
-    cost = {"web_rss_mib_every_5s": samples, "growth_mib": round(samples[-1] - samples[0], 1)}
-    return row("stalled client", {"seconds": seconds, "machines": 200}, {}, cost)
+    cost = {"web_rss_mib_every_5s": samples, "growth_mib": round(samples[-1] - samples[0], 1),
+            "server_dropped_it_after_s": dropped_after_s}
+    return row("stalled client", {"seconds": seconds, "machines": 200, **env}, {}, cost)
+
+
+def server_holds(server_port: int, client_port: int) -> bool:
+    """Whether the server still has the connection from ``client_port`` open."""
+    return any(c.laddr and c.laddr.port == server_port and c.raddr and c.raddr.port == client_port
+               and c.status == psutil.CONN_ESTABLISHED for c in psutil.net_connections("tcp4"))
 
 
 S1_FRAME_BYTES = 45_000  # a typical S1 update with 200 machines changing (measured: 38-68 KB)
@@ -376,6 +394,8 @@ def standard(quick: bool, processes: int) -> Iterator[dict]:
         yield reconnect_wave(1000, rate, processes)
     yield idle_memory(1000, processes)
     yield stalled_client(20 if quick else 60)
+    # With the keepalive out of the way, what bounds it is the socket's outbox.
+    yield stalled_client(30 if quick else 120, UVICORN_WS_PING_INTERVAL="600")
 
 
 def save(rows: list[dict]) -> None:
@@ -426,6 +446,8 @@ def render(rows: list[dict]) -> str:
             notes.append(f"worker lag p50/p99 {load['worker_lag_ms']['p50']}/{load['worker_lag_ms']['p99']} ms")
         if "growth_mib" in cost:
             notes.append(f"web RSS growth {cost['growth_mib']} MiB: {cost['web_rss_mib_every_5s']}")
+        if cost.get("server_dropped_it_after_s") is not None:
+            notes.append(f"the server dropped it after ~{cost['server_dropped_it_after_s']} s")
         extra = f" ({'; '.join(notes)})" if notes else ""
         lines.append(
             f"| {r['when']} | {r['scenario']}{extra} | {params} | {load.get('connected', '')} / {load.get('failed_handshakes', '')} "
