@@ -12,11 +12,9 @@ no longer touch Redis for the group.
 A socket's own channel still carries what is addressed to it alone (snapshots, history,
 errors); both kinds land in this process's one Redis key, in the order they were sent.
 
-Limit: each socket's send is awaited in turn. daphne's never waits (Twisted buffers what the
-client has not read), so under the Procfile one slow client delays no one. A server whose
-send waits for the client to drain (uvicorn's ``--ws websockets`` past 64 KiB unread) would
-let one stalled client hold up its process's broadcasts: bound each socket's outgoing queue
-before running this under such a server (docs/performance.md).
+Each handler only queues the frame in its socket's outbox (consumers/outbox.py) and returns
+at once, so the loop never waits on a client: under uvicorn a socket's send waits while its
+client is not reading, and one stalled dashboard would otherwise hold up the whole process.
 """
 
 from __future__ import annotations

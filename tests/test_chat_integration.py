@@ -1,4 +1,4 @@
-"""Chat rooms end to end: real daphne, worker and scheduler processes, a real WebSocket client."""
+"""Chat rooms end to end: the real Procfile web (uvicorn), worker and scheduler processes, a real WebSocket client."""
 
 from __future__ import annotations
 
