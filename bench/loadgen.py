@@ -26,6 +26,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import re
 import resource
 import statistics
 import time
@@ -54,6 +55,9 @@ class Books:
     missed: int = 0
     duplicated: int = 0
     resyncs: int = 0
+    # status: the server's own resync notices (this client fell behind) and what they dropped
+    server_resyncs: int = 0
+    dropped: int = 0
     disconnects: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     # status: from the tick to the worker stamping the update (``ts``), so that a slow
@@ -65,6 +69,24 @@ class Books:
     def fail(self, reason: str) -> None:
         self.failed += 1
         self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + 1
+
+
+# Both servers write an update's head first: type, epoch, seq, [ts,] tick_ns (workers/status.py,
+# bench/s0_server.py). Reading only the head keeps a 45 KB update of machines as cheap for the
+# load tool as S0's padded one; anything else is parsed whole.
+UPDATE_HEAD = re.compile(
+    r'\{"type": ?"status\.update", ?"epoch": ?"([^"]*)", ?"seq": ?(\d+),(?: ?"ts": ?"([^"]*)",)? ?"tick_ns": ?(\d+)'
+)
+
+
+def read_status_frame(raw: str) -> dict[str, Any]:
+    head = UPDATE_HEAD.match(raw)
+    if head is None:
+        return orjson.loads(raw)
+    frame = {"type": "status.update", "epoch": head[1], "seq": int(head[2]), "tick_ns": int(head[4])}
+    if head[3] is not None:
+        frame["ts"] = head[3]
+    return frame
 
 
 def iso_to_ns(ts: str) -> int:
@@ -82,11 +104,21 @@ async def frames_until(ws, deadline: float) -> AsyncIterator[tuple[str, int]]:
 
 
 async def status_client(ws, books: Books, deadline: float, measure_from: float) -> None:
-    """Checks every update's ``seq``; counts frames and latency once the warm-up is over."""
+    """Checks every update's ``seq``; counts frames and latency once the warm-up is over.
+
+    Updates a snapshot skipped over (after the server dropped them for a slow client) count as
+    missed, like any other gap.
+    """
     epoch, seq = None, None
     async for raw, received_ns in frames_until(ws, deadline):
-        frame = orjson.loads(raw)
+        frame = read_status_frame(raw)
+        if frame["type"] == "status.resync":
+            books.server_resyncs += 1
+            books.dropped += frame.get("dropped", 0)
+            continue
         if frame["type"] == "status.snapshot":
+            if seq is not None and frame.get("epoch") == epoch and frame["seq"] > seq:
+                books.missed += frame["seq"] - seq
             epoch, seq = frame.get("epoch"), frame.get("seq")
             continue
         if frame.get("type") != "status.update":
@@ -299,6 +331,8 @@ def summarise(mode: str, parts: list[dict], clients: int, seconds: float, sender
         "missed": sum(part["missed"] for part in parts),
         "duplicated": sum(part["duplicated"] for part in parts),
         "resyncs": sum(part["resyncs"] for part in parts),
+        "server_resyncs": sum(part["server_resyncs"] for part in parts),
+        "dropped": sum(part["dropped"] for part in parts),
         "latency_ms": {
             "p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99),
             "max": round(max(latencies), 2) if latencies else None,

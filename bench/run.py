@@ -57,6 +57,8 @@ WEB_SERVERS = {
     "daphne": "daphne --bind 127.0.0.1 --port ${PORT} --websocket_connect_timeout 30 project.asgi:application",
 }
 web_server = "procfile"
+# Extra environment for every stack of this run (--env GROUP_LAYER=pubsub, ...), recorded per row.
+stack_env: dict[str, str] = {}
 
 
 def machine() -> dict:
@@ -178,7 +180,7 @@ def private_redis():
 def our_stack(redis_url: str, **env: str):
     stack = Stack(Path(tempfile.mkdtemp(prefix="bench-stack-")), redis_url, {
         "FLEET_TOKEN": FLEET_TOKEN, "LOG_LEVEL": "WARNING",
-        "CHAT_RATE_LIMIT_COUNT": "100000", "CHAT_RATE_LIMIT_WINDOW_S": "1", **env,
+        "CHAT_RATE_LIMIT_COUNT": "100000", "CHAT_RATE_LIMIT_WINDOW_S": "1", **stack_env, **env,
     })
     if WEB_SERVERS[web_server]:
         stack.procfile["web"] = WEB_SERVERS[web_server]
@@ -216,7 +218,8 @@ def stack_processes(stack: Stack, redis_server) -> dict[str, int]:
 
 def row(scenario: str, params: dict, books: dict, cost: dict) -> dict:
     if not scenario.startswith(("S0", "S3 original")):
-        params = {**params, "web": web_server, "web_command": WEB_SERVERS[web_server] or read_procfile()["web"]}
+        params = {**params, "web": web_server, "web_command": WEB_SERVERS[web_server] or read_procfile()["web"],
+                  **({"env": stack_env} if stack_env else {})}
     # The load average says whether anything else shared the machine during the run.
     return {"scenario": scenario, "params": params, "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "load_avg_1_5_15": [round(value, 2) for value in os.getloadavg()],
@@ -255,12 +258,12 @@ profile = False
 
 @contextmanager
 def profiling(stack: Stack, name: str, delay_s: float, duration_s: float):
-    """With ``--profile``: py-spy samples the web process in the steady window (collapsed stacks)."""
+    """With ``--profile``: py-spy samples the web processes in the steady window (collapsed stacks)."""
     if not profile:
         yield
         return
     out = RESULTS / f"profile-{name}.txt"
-    py_spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(stack.processes["web"].pid),
+    py_spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(stack.processes["web"].pid), "--subprocesses",
               "--duration", str(int(duration_s)), "--rate", "50", "--format", "raw", "--output", str(out), "--nonblocking"]
     spy = subprocess.Popen(["sh", "-c", 'sleep "$0" && exec "$@"', str(delay_s), *py_spy],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -444,6 +447,8 @@ def render(rows: list[dict]) -> str:
             notes.append(f"RSS/1000 sockets {cost['rss_per_1000_sockets_mib']} MiB")
         if (load.get("worker_lag_ms") or {}).get("p99") is not None:
             notes.append(f"worker lag p50/p99 {load['worker_lag_ms']['p50']}/{load['worker_lag_ms']['p99']} ms")
+        if load.get("server_resyncs"):
+            notes.append(f"{load['server_resyncs']} server resyncs of slow clients, {load['dropped']} frames dropped")
         if "growth_mib" in cost:
             notes.append(f"web RSS growth {cost['growth_mib']} MiB: {cost['web_rss_mib_every_5s']}")
         if cost.get("server_dropped_it_after_s") is not None:
@@ -474,9 +479,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="S1: py-spy the web process")
     parser.add_argument("--pad-bytes", type=int, default=0, help="S0: padding per update, to match S1's frame size")
     parser.add_argument("--web", choices=sorted(WEB_SERVERS), default="procfile", help="web server under test")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the stack's processes, e.g. GROUP_LAYER=pubsub")
     args = parser.parse_args()
     global web_server, profile
     web_server, profile = args.web, args.profile
+    stack_env.update(assignment.split("=", 1) for assignment in args.env)
     raise_fd_limit()
     runners = {
         "standard": lambda: standard(args.quick, args.processes),

@@ -7,11 +7,13 @@ once. No timing thresholds here; the figures live in docs/performance.md.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 
 from bench import loadgen
+from project import protocol
 
 from .conftest import make_stack
 from .stack import Stack
@@ -39,7 +41,7 @@ def test_status_clients_miss_no_seq(bench_stack: Stack, session: str) -> None:
 
     assert (books["connected"], books["failed_handshakes"], books["disconnects"]) == (CLIENTS, 0, 0)
     assert books["frames"] > 0
-    assert (books["missed"], books["duplicated"], books["resyncs"]) == (0, 0, 0)
+    assert (books["missed"], books["duplicated"], books["resyncs"], books["server_resyncs"]) == (0, 0, 0, 0)
 
 
 def test_chat_members_get_every_message_once(bench_stack: Stack, session: str) -> None:
@@ -49,3 +51,14 @@ def test_chat_members_get_every_message_once(bench_stack: Stack, session: str) -
     assert (books["connected"], books["failed_handshakes"], books["disconnects"]) == (CLIENTS, 0, 0)
     assert books["messages_sent"] > 0
     assert (books["lost"], books["duplicated"]) == (0, 0)
+
+
+def test_the_load_tool_reads_an_update_by_its_head_and_anything_else_whole() -> None:
+    ours = protocol.encode({"type": "status.update", "epoch": "e1", "seq": 5, "ts": "2026-11-27T16:00:00.001Z",
+                            "tick_ns": 17, "machines": [{"name": "n1"}], "removed": []})
+    s0 = json.dumps({"type": "status.update", "epoch": "s0", "seq": 3, "tick_ns": 9, "pad": "x" * 10})
+    assert loadgen.read_status_frame(ours) == {"type": "status.update", "epoch": "e1", "seq": 5, "tick_ns": 17,
+                                               "ts": "2026-11-27T16:00:00.001Z"}
+    assert loadgen.read_status_frame(s0) == {"type": "status.update", "epoch": "s0", "seq": 3, "tick_ns": 9}
+    notice = protocol.encode({"type": "status.resync", "reason": "slow_client", "dropped": 4})
+    assert loadgen.read_status_frame(notice)["dropped"] == 4
