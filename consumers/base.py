@@ -10,6 +10,7 @@ from typing import Any
 from channels.consumer import get_handler_name
 from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from project import protocol
@@ -33,6 +34,11 @@ def identify(scope: dict[str, Any], allow_anonymous: bool) -> tuple[str, int | N
     if allow_anonymous:
         return f"guest-{secrets.token_hex(4)}", None
     return None
+
+
+def group_layer():
+    """The channel layer that carries broadcasts (``GROUP_LAYER``; the core layer by default)."""
+    return get_channel_layer(settings.GROUP_LAYER_ALIAS)
 
 
 class EdgeConsumer(AsyncWebsocketConsumer):
@@ -85,7 +91,7 @@ class RelayConsumer(EdgeConsumer):
 
     async def join_group(self, group: str) -> None:
         """Broadcasts to ``group`` reach this socket from the moment this returns (see fanout.py)."""
-        await fanout_for(self.channel_layer).join(group, self)
+        await fanout_for(group_layer()).join(group, self)
         self.group = group
 
     async def accept(self, subprotocol: str | None = None, headers=None) -> None:
@@ -100,7 +106,7 @@ class RelayConsumer(EdgeConsumer):
             connections.closed()
             self.counted = False
         if self.group is not None:
-            await fanout_for(self.channel_layer).leave(self.group, self)
+            await fanout_for(group_layer()).leave(self.group, self)
             self.group = None
         await super().websocket_disconnect(message)
 

@@ -191,6 +191,19 @@ CHANNEL_LAYERS = {
         },
     },
 }
+# Group traffic (broadcasts to sockets) may ride Redis pub/sub instead: GROUP_LAYER=pubsub adds
+# a "groups" alias on channels_redis.pubsub for group_add / group_send / the web processes'
+# group channels only; worker channels stay on the core layer, whose queues they need.
+# Measured against the core layer in docs/performance.md.
+GROUP_LAYER = os.environ.get("GROUP_LAYER", "core")
+if GROUP_LAYER not in ("core", "pubsub"):
+    raise ImproperlyConfigured(f"GROUP_LAYER must be core or pubsub, not {GROUP_LAYER!r}")
+GROUP_LAYER_ALIAS = "groups" if GROUP_LAYER == "pubsub" else "default"
+if GROUP_LAYER == "pubsub":
+    CHANNEL_LAYERS["groups"] = {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [{"address": REDIS_URL}], "prefix": "fleetchat"},
+    }
 
 # Each socket's outgoing queue (consumers/outbox.py): past either bound a status socket
 # drops what waits and is resynced, a chat socket is closed (4008) and resumes.

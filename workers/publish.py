@@ -8,6 +8,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 
 from project.protocol import relay
@@ -19,7 +20,8 @@ def publish(group: str, frame: dict[str, Any]) -> None:
     """Broadcast ``frame`` to every socket in ``group`` once the current transaction commits,
     so that no client ever sees what was rolled back."""
     message = relay(frame)
-    transaction.on_commit(lambda: async_to_sync(get_channel_layer().group_send)(group, message))
+    layer = get_channel_layer(settings.GROUP_LAYER_ALIAS)
+    transaction.on_commit(lambda: async_to_sync(layer.group_send)(group, message))
 
 
 def reply(channel: str, frame: dict[str, Any]) -> None:
