@@ -100,6 +100,23 @@ class TestStatusWorker:
         snapshot = await self.received()
         assert (snapshot["type"], snapshot["epoch"], snapshot["seq"]) == ("status.snapshot", update["epoch"], update["seq"])
 
+    async def test_snapshot_is_built_once_per_tick_and_the_next_update_covers_later_reports(self, worker, monkeypatch):
+        from workers import fleet
+
+        builds = []
+        build = fleet.machines
+        monkeypatch.setattr(fleet, "machines", lambda names=None: builds.append(names) or build(names))
+        await self.tick(worker)
+        report = check_report("late", {"state": "pending"})
+        await worker.send_input({"type": "status.join", "reply_channel": self.socket})
+        first = await self.received()
+        await worker.send_input({"type": "fleet.report", "name": "late", "report": report})
+        await worker.send_input({"type": "status.join", "reply_channel": self.socket})
+        second = await self.received()
+        assert second == first and builds == [None]  # one build for both joins, despite the report
+        update = await self.tick(worker)
+        assert update["seq"] == first["seq"] + 1 and [m["name"] for m in update["machines"]] == ["late"]
+
     async def test_expire_marks_silent_provisioning_machines_offline(self, worker, settings):
         settings.OFFLINE_AFTER = 0
         await worker.send_input({"type": "fleet.report", "name": "m2", "report": check_report("m2", {"state": "provisioning"})})
