@@ -154,9 +154,13 @@ class RelayConsumer(EdgeConsumer):
         """
         dropped = outbox.shut_down()
         log.info("closing a slow %s socket; %d frames were waiting", type(self).__name__, dropped)
-        self.closing = asyncio.get_running_loop().create_task(
-            self.close(code=protocol.CLOSE_SLOW_CLIENT, reason=protocol.SLOW_CLIENT)
-        )
+        self.closing = asyncio.get_running_loop().create_task(self.close_slow_client())
+
+    async def close_slow_client(self) -> None:
+        try:
+            await self.close(code=protocol.CLOSE_SLOW_CLIENT, reason=protocol.SLOW_CLIENT)
+        except Exception as error:  # already gone: its disconnect cleans up
+            log.debug("closing a slow socket failed: %r", error)
 
 
 class RefuseConsumer(EdgeConsumer):
