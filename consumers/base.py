@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def identify(scope: dict[str, Any], allow_anonymous: bool) -> tuple[str, int | None] | None:
     """``(display name, user id)`` of a socket, or ``None`` when it must be refused.
 
-    ``AuthMiddleware`` has already resolved ``scope["user"]`` from the session cookie.
+    ``project.socket_auth`` has already resolved ``scope["user"]`` from the session cookie.
     A guest gets a name that is stable for this connection only.
     """
     user = scope.get("user")
