@@ -6,7 +6,7 @@ import asyncio
 import uuid
 
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .stack import Stack, recv_json, recv_until, send_json
 
@@ -187,6 +187,14 @@ async def test_bad_frame_gets_its_error_code_and_socket_stays_usable(stack, sess
     await send_json(alice, {"message": "still here"})
     assert (await recv_until(alice, "chat.message"))["message"] == "still here"
     await alice.close()
+
+
+async def test_frame_over_1_mib_closes_the_socket_with_1009(stack, sessions):
+    alice, _ = await join(stack, sessions["alice"], new_room())
+    await alice.send('{"message": "' + "x" * (1024 * 1024) + '"}')
+    with pytest.raises(ConnectionClosed) as closed:
+        await recv_json(alice)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
 async def test_error_echoes_client_id(stack, sessions):
