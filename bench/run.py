@@ -263,8 +263,8 @@ def profiling(stack: Stack, name: str, delay_s: float, duration_s: float):
         yield
         return
     out = RESULTS / f"profile-{name}.txt"
-    py_spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(stack.processes["web"].pid), "--subprocesses",
-              "--duration", str(int(duration_s)), "--rate", "50", "--format", "raw", "--output", str(out), "--nonblocking"]
+    py_spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(stack.processes["web"].pid),
+              "--subprocesses", "--duration", str(int(duration_s)), "--rate", "50", "--format", "raw", "--output", str(out), "--nonblocking"]
     spy = subprocess.Popen(["sh", "-c", 'sleep "$0" && exec "$@"', str(delay_s), *py_spy],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 class StatusConsumer(RelayConsumer):
     worker_channel = protocol.STATUS_WORKER
     client_types = protocol.STATUS_CLIENT_TYPES
-    # A slow client's resync notice: whether one waits in the outbox, and what it will report.
-    notice_waiting = False
+    # Frames dropped for a slow client since its last resync notice was read; while this is
+    # above 0 a notice waits in the outbox (an overflow always drops at least one frame).
     dropped_since_notice = 0
 
     async def connect(self) -> None:
@@ -40,13 +40,13 @@ class StatusConsumer(RelayConsumer):
         asked for only once the client has read the notice: a client that stays stalled costs
         the worker nothing, and its outbox holds one notice (the count of what it missed).
         """
-        dropped = outbox.clear() - (1 if self.notice_waiting else 0)  # a waiting notice is replaced
+        notice_waiting = self.dropped_since_notice > 0
+        dropped = outbox.clear() - (1 if notice_waiting else 0)  # a waiting notice is replaced
         self.dropped_since_notice += dropped
         log.info("resyncing a slow status socket; dropped %d frames", dropped)
         notice = {"type": protocol.STATUS_RESYNC, "reason": protocol.SLOW_CLIENT, "dropped": self.dropped_since_notice}
         outbox.put(protocol.encode(notice), then=self.notice_read)
-        self.notice_waiting = True
 
     async def notice_read(self) -> None:
-        self.notice_waiting, self.dropped_since_notice = False, 0
+        self.dropped_since_notice = 0
         await self.forward({"type": protocol.STATUS_RESYNC})

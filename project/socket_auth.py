@@ -3,7 +3,7 @@
 Channels' ``AuthMiddlewareStack`` makes the same lookup, and also wraps every message a socket
 sends in ``SessionMiddleware``'s ``send``, which checks before each frame whether the session
 changed and must be saved. Our sockets never write the session, and under fan-out that check
-was ~30 % of the web process's CPU (py-spy under S1, docs/performance.md). This middleware sets
+was ~30 % of the web processes' py-spy samples (S1, docs/performance.md). This middleware sets
 ``scope["user"]`` the way Django's own ``get_user`` does and leaves ``send`` alone.
 """
 
