@@ -23,7 +23,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import heartbeats, protocol
+from . import heartbeats, protocol, reportqueue
 from .reports import ReportErrors, check_machine_name, check_report
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,16 @@ def agent_api(*methods: str):
     return decorate
 
 
-async def to_status_worker(message: dict[str, Any]) -> HttpResponse | None:
-    """Hand ``message`` to the status worker; an error response if it cannot take it."""
+async def queue_for_status_workers(kind: str, name: str, report: dict[str, Any] | None) -> HttpResponse:
+    """Queue a report or a removal where it outlives any process (``project/reportqueue.py``): ``202``."""
     try:
-        await get_channel_layer().send(protocol.STATUS_WORKER, message)
-    except ChannelFull:
-        return json_error(503, "server_busy", "the status worker is behind; retry shortly")
-    return None
+        queued = await reportqueue.enqueue(redis_client(), kind, name, report, settings.REPORTS_QUEUE_MAX)
+    except redis.RedisError as error:
+        log.warning("could not queue a %s for %s: %s", kind, name, error)
+        return json_error(503, "server_busy", "the report queue is unavailable; retry shortly")
+    if queued is None:
+        return json_error(503, "server_busy", "the status workers are behind; retry shortly")
+    return JsonResponse({"status": "accepted", "machine": name}, status=202)
 
 
 @agent_api("POST")
@@ -95,8 +98,7 @@ async def machine_report(request: HttpRequest, name: str) -> HttpResponse:
         report = check_report(name, body)
     except ReportErrors as invalid:
         return json_error(400, "invalid_report", "the report has errors", errors=invalid.errors)
-    refused = await to_status_worker({"type": protocol.FLEET_REPORT, "name": name, "report": report})
-    return refused or JsonResponse({"status": "accepted", "machine": name}, status=202)
+    return await queue_for_status_workers(reportqueue.REPORT, name, report)
 
 
 @agent_api("DELETE")
@@ -106,8 +108,7 @@ async def machine(request: HttpRequest, name: str) -> HttpResponse:
         check_machine_name(name)
     except ReportErrors as invalid:
         return json_error(400, "invalid_name", "the machine name is not valid", errors=invalid.errors)
-    refused = await to_status_worker({"type": protocol.FLEET_REMOVE, "name": name})
-    return refused or JsonResponse({"status": "accepted", "machine": name}, status=202)
+    return await queue_for_status_workers(reportqueue.REMOVE, name, None)
 
 
 async def ask_status_worker(message_type: str) -> dict[str, Any]:
@@ -148,23 +149,34 @@ async def readyz(request: HttpRequest) -> HttpResponse:
         checks["database"] = {"ok": False, "detail": type(error).__name__}
 
     scheduler_raw = None
+    topology: dict[str, Any] = {"leader": None, "token": None, "schedulers": None, "status_workers": None}
     try:
-        await redis_client().ping()
+        async with redis_client().pipeline(transaction=False) as pipe:
+            pipe.get(heartbeats.key(heartbeats.SCHEDULER))
+            heartbeats.queue_topology(pipe)
+            scheduler_raw, *rest = await pipe.execute()
+        topology = heartbeats.topology(rest)
         checks["redis"] = {"ok": True}
-        scheduler_raw = await redis_client().get(heartbeats.key(heartbeats.SCHEDULER))
     except redis.RedisError as error:
         checks["redis"] = {"ok": False, "detail": type(error).__name__}
 
     age_s = heartbeats.age_s(scheduler_raw)
     fresh = age_s is not None and age_s <= settings.SCHEDULER_STALE_AFTER_S
-    checks["scheduler"] = {"ok": fresh, "heartbeat_age_s": None if age_s is None else round(age_s, 3)}
+    checks["scheduler"] = {
+        "ok": fresh,
+        "heartbeat_age_s": None if age_s is None else round(age_s, 3),
+        "leader": topology["leader"],
+        "fencing_token": topology["token"],
+        "instances": topology["schedulers"],
+    }
 
     if checks["redis"]["ok"]:
         try:
-            await ask_status_worker(protocol.HEALTH_PING)
-            checks["worker"] = {"ok": True}
+            pong = await ask_status_worker(protocol.HEALTH_PING)
+            checks["worker"] = {"ok": True, "answered_by": pong.get("worker")}
         except (TimeoutError, ChannelFull):
             checks["worker"] = {"ok": False, "detail": "did not answer a ping"}
+        checks["worker"]["status_instances"] = topology["status_workers"]
     else:
         checks["worker"] = {"ok": False, "detail": "unreachable without Redis"}
 

@@ -75,10 +75,9 @@ STATUS_CLIENT_TYPES = frozenset({STATUS_RESYNC})
 # Worker-only message types (never seen by a client).
 CHAT_JOIN = "chat.join"
 STATUS_JOIN = "status.join"
-STATUS_TICK = "status.tick"  # scheduler -> status worker, once per second
-FLEET_REPORT = "fleet.report"  # report API -> status worker
-FLEET_REMOVE = "fleet.remove"  # report API -> status worker
-FLEET_EXPIRE = "fleet.expire"  # scheduler -> status worker: mark silent machines offline
+STATUS_TICK = "status.tick"  # leading scheduler -> a status worker, once per second, fenced
+# Reports and removals reach the status workers through a Redis stream, not a channel
+# (project/reportqueue.py): what the API answered 202 must outlive a worker's crash.
 HEALTH_PING = "health.ping"  # readyz -> status worker; answered with HEALTH_PONG
 HEALTH_PONG = "health.pong"
 

@@ -225,6 +225,13 @@ if not FLEET_TOKEN and DEBUG:
     FLEET_TOKEN = "dev-fleet-token"
 OFFLINE_AFTER = env_int("OFFLINE_AFTER", 30)
 SCHEDULER_STALE_AFTER_S = env_int("SCHEDULER_STALE_AFTER_S", 3)
+# The clock's lease (scheduler/lease.py): any number of schedulers may run, one leads.
+# A dead leader's lease lapses after this long and a standby takes over; the leader renews
+# it six times per TTL. Failover costs about TTL + 1 s between two updates (docs/reliability.md).
+SCHEDULER_LEASE_TTL_MS = max(300, env_int("SCHEDULER_LEASE_TTL_MS", 1500))
+# Reports answered 202 wait in a Redis stream until a status worker has applied them; past
+# this many waiting the API answers 503 server_busy instead of queueing more.
+REPORTS_QUEUE_MAX = max(1, env_int("REPORTS_QUEUE_MAX", 100_000))
 
 # --- Logging ----------------------------------------------------------------------------
 

@@ -22,11 +22,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.wait(timeout=10)
 
 
-def make_stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, **env: str) -> Iterator[Stack]:
+def make_stack(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, instances: dict[str, int] | None = None, **env: str
+) -> Iterator[Stack]:
     # Stacks in one session run one after another; each starts from an empty Redis.
     redis.Redis.from_url(redis_url).flushall()
     stack = Stack(Path(tmp_path_factory.mktemp("stack")), redis_url, env)
-    stack.start_all()
+    stack.start_all(instances)
     try:
         yield stack
     finally:

@@ -74,17 +74,29 @@ class Stack:
     def log(self, name: str):
         return open(self.workdir / f"{name}.log", "ab")
 
-    def start(self, name: str) -> subprocess.Popen:
+    def start(self, name: str, label: str | None = None) -> subprocess.Popen:
+        """Start Procfile entry ``name`` as process ``label`` (default: the name; ``worker.2``
+        for a second worker)."""
+        label = label or name
         # exec so that signals reach the process itself, not a wrapping shell.
-        with self.log(name) as log:  # the child keeps its own copy of the descriptor
+        with self.log(label) as log:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(
                 f"exec {self.procfile[name]}", shell=True, cwd=ROOT, env=self.env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
-        self.processes[name] = process
+        self.processes[label] = process
         if name == "web":
             self.wait_for_http("/healthz")
         return process
+
+    def send_signal(self, label: str, signum: int) -> None:
+        self.processes[label].send_signal(signum)
+
+    def kill(self, label: str) -> None:
+        """SIGKILL ``label`` and reap it: no cleanup of any kind runs."""
+        process = self.processes.pop(label)
+        process.kill()
+        process.wait()
 
     def stop(self, name: str, signum: int = signal.SIGTERM, timeout_s: float = 10) -> int:
         process = self.processes.pop(name)
@@ -97,10 +109,13 @@ class Stack:
                 process.wait()
         return process.returncode
 
-    def start_all(self) -> None:
+    def start_all(self, instances: dict[str, int] | None = None) -> None:
+        """``release``, then each process; ``instances`` runs more than one of an entry
+        (``{"worker": 2}`` starts ``worker`` and ``worker.2``)."""
         self.run_release()
         for name in ("worker", "scheduler", "web"):
-            self.start(name)
+            for n in range(1, (instances or {}).get(name, 1) + 1):
+                self.start(name, name if n == 1 else f"{name}.{n}")
 
     def stop_all(self) -> None:
         for name in list(self.processes):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
 from django.db.models import Avg, Count
 
 from project.protocol import MACHINE_STATES, iso_utc
+from project.reportqueue import REMOVE, REPORT, Entry, stream_order
 
 from .models import Machine, Software
 
@@ -19,9 +20,24 @@ EXPIRING_STATES = (Machine.State.PENDING, Machine.State.PROVISIONING)
 
 
 @transaction.atomic
-def apply_report(name: str, report: dict[str, Any], now: datetime) -> None:
-    """Store a checked report (see :func:`project.reports.check_report`) for machine ``name``."""
+def apply_entries(entries: Iterable[Entry], now: datetime) -> None:
+    """Apply queued reports and removals in stream order, in one transaction."""
+    for entry in entries:
+        if entry.kind == REPORT:
+            apply_report(entry.name, entry.report, now, entry.id)
+        elif entry.kind == REMOVE:
+            remove(entry.name)
+
+
+def apply_report(name: str, report: dict[str, Any], now: datetime, report_id: str = "") -> bool:
+    """Store a checked report (see :func:`project.reports.check_report`) for machine ``name``.
+
+    ``False`` when a report with a later ``report_id`` (the reports stream's id) was applied
+    already: an entry delivered again after a worker died must not roll the machine back.
+    """
     machine, _ = Machine.objects.get_or_create(name=name)
+    if report_id and machine.report_id and stream_order(report_id) <= stream_order(machine.report_id):
+        return False
     if report["software"]:
         Software.objects.bulk_create(
             [Software(machine=machine, **package) for package in report["software"]],
@@ -36,7 +52,9 @@ def apply_report(name: str, report: dict[str, Any], now: datetime) -> None:
     machine.state = report["state"]
     machine.progress = machine.progress if progress is None else round(progress, 2)
     machine.last_report = now
-    machine.save(update_fields=["state", "progress", "last_report"])
+    machine.report_id = report_id
+    machine.save(update_fields=["state", "progress", "last_report", "report_id"])
+    return True
 
 
 def remove(name: str) -> bool:
@@ -44,13 +62,19 @@ def remove(name: str) -> bool:
     return bool(deleted)
 
 
-def expire_silent(now: datetime, offline_after_s: int) -> list[str]:
-    """Mark machines that have not reported for ``offline_after_s`` offline; their names."""
-    silent = Machine.objects.filter(state__in=EXPIRING_STATES, last_report__lt=now - timedelta(seconds=offline_after_s))
-    with transaction.atomic():
-        names = list(silent.values_list("name", flat=True))
-        Machine.objects.filter(name__in=names).update(state=Machine.State.OFFLINE)
-    return names
+def silent(cutoff: datetime) -> list[str]:
+    """Machines still on their way whose last report is older than ``cutoff``."""
+    return list(
+        Machine.objects.filter(state__in=EXPIRING_STATES, last_report__lt=cutoff).values_list("name", flat=True)
+    )
+
+
+def expire(names: list[str], cutoff: datetime) -> None:
+    """Mark the :func:`silent` machines ``names`` offline, unless they reported since."""
+    if names:
+        Machine.objects.filter(name__in=names, state__in=EXPIRING_STATES, last_report__lt=cutoff).update(
+            state=Machine.State.OFFLINE
+        )
 
 
 def machine_payload(machine: Machine) -> dict[str, Any]:

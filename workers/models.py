@@ -63,6 +63,10 @@ class Machine(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     progress = models.FloatField(default=0, help_text="Overall progress, 0-100.")
     last_report = models.DateTimeField(null=True, blank=True)
+    report_id = models.CharField(
+        max_length=40, blank=True, default="", editable=False,
+        help_text="Reports-stream id of the last report applied; older ones are not applied again.",
+    )
 
     class Meta:
         indexes = [models.Index(fields=["state", "last_report"], name="machine_state_last_report")]

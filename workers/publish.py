@@ -24,6 +24,11 @@ def publish(group: str, frame: dict[str, Any]) -> None:
     transaction.on_commit(lambda: async_to_sync(layer.group_send)(group, message))
 
 
+def broadcast_encoded(group: str, frame_type: str, text: str) -> None:
+    """Broadcast a frame already encoded and stored (the status feed's updates), right now."""
+    async_to_sync(get_channel_layer(settings.GROUP_LAYER_ALIAS).group_send)(group, {"type": frame_type, "text": text})
+
+
 def reply(channel: str, frame: dict[str, Any]) -> None:
     """Send ``frame`` to one socket's consumer (history pages, errors, resend answers)."""
     deliver(channel, relay(frame))

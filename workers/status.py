@@ -1,52 +1,76 @@
-"""The status worker: applies agent reports and turns the scheduler's ticks into updates.
+"""The status worker: turns each admitted tick into one ``status.update``; serves snapshots.
 
-On each ``status.tick`` it builds, once, what changed since the previous tick and
-``group_send``s one ``status.update`` to every status socket. Sockets that join or
-resync get a ``status.snapshot``, built at most once per tick and shared by all.
-Exactly one process should consume the ``status`` channel: the feed's sequence and
-changed-set live in this process (a restart starts a new epoch and clients resync).
+Any number of these may run (``runworker status`` in several processes, on several hosts)
+and any may die at any line: the feed's epoch, sequence and pending changes live in Redis
+(``workers/feed.py``), the reports answered ``202`` in a Redis stream
+(``project/reportqueue.py``). On each tick, the worker that receives it:
+
+1. has the feed admit the tick (only from the lease holder, never stale, never twice);
+2. sends the previous update first if its worker died before sending it;
+3. reads the queued reports, announces the machines it will change, applies the reports and
+   expires silent machines in the database;
+4. builds the update from every pending change and stores it as ``seq + 1`` (if another
+   worker stored one first, its changes simply stay pending for the next);
+5. acknowledges the reports and broadcasts the update once.
+
+Sockets that join or resync get a ``status.snapshot`` built at most once per stored update.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.utils import timezone
 
-from project import protocol
+from project import heartbeats, keys, protocol
 from project.protocol import relay
+from project.reportqueue import ReportReader
 
 from . import fleet
-from .feed import StatusFeed
 from .base import WorkerConsumer
-from .publish import deliver, publish
+from .feed import Admission, FeedStore
+from .publish import broadcast_encoded, deliver
 from .system import SystemProbe
 
 log = logging.getLogger(__name__)
 
 STALE_TICK_NS = 1_000_000_000
+ALIVE_EVERY_S = 1.0
 
 
 def now_iso() -> str:
     return protocol.iso_utc(datetime.now(UTC))
 
 
+def say_alive_forever(client: redis.Redis, instance: str) -> None:
+    """Counts this process among the live status workers (``/readyz``, the system panel)."""
+    while True:
+        try:
+            heartbeats.mark_alive(client, keys.STATUS_WORKER_INSTANCES, instance)
+        except redis.RedisError as error:
+            log.warning("could not say this status worker is alive: %s", error)
+        time.sleep(ALIVE_EVERY_S)
+
+
 class StatusWorker(WorkerConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.feed = StatusFeed()
+        self.instance = heartbeats.instance_id()
+        self.redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=1)
+        self.feed = FeedStore(self.redis)
+        self.reports = ReportReader(self.redis, self.instance)
         self.probe = SystemProbe(settings.REDIS_URL)
         self.system = SystemProbe.unknown()
-        # The relayed snapshot for the current seq. It may miss reports applied after it was
-        # built, but the next update carries every machine changed since the previous tick
-        # whole, so a client that applies both is current. Rebuilding it on every report
-        # instead made a wave of joins against a busy fleet (a snapshot of 200 machines per
-        # join) fall so far behind that ticks went stale and were dropped (bench S1).
-        self.snapshot: dict[str, Any] | None = None
+        # ((epoch, seq), relayed snapshot): one build per stored update, shared by every join.
+        # It may miss changes applied after that update; the next update carries them.
+        self.snapshot: tuple[tuple[str, int], dict[str, Any]] | None = None
+        threading.Thread(target=say_alive_forever, args=(self.redis, self.instance), daemon=True).start()
 
     # --- the clock ------------------------------------------------------------------
 
@@ -54,43 +78,73 @@ class StatusWorker(WorkerConsumer):
         late_ns = time.time_ns() - message["tick_ns"]
         if late_ns > STALE_TICK_NS:
             # A backlog of ticks (worker stalled or restarted) must not burst out as updates.
-            log.warning("dropped tick %s, %.0f ms late", message.get("seq"), late_ns / 1e6)
+            log.warning("dropped a tick %.0f ms late", late_ns / 1e6)
             return
-        if self.feed.follow(str(message.get("epoch", "0"))):
-            log.info("status feed starts epoch %s", self.feed.epoch)
-        step = self.feed.advance()
-        tick_lag_ms = (message.get("sent_ns", message["tick_ns"]) - message["tick_ns"]) / 1e6
+        admission = self.feed.admit(message.get("token", -1), message["tick_ns"] // 1_000_000)
+        if isinstance(admission, str):
+            # "repeat" is routine in a handover; the others mean a deposed leader still ticks.
+            log.log(logging.INFO if admission == "repeat" else logging.WARNING,
+                    "refused a tick with token %s: %s", message.get("token"), admission)
+            return
+        if admission.unsent_text is not None:
+            log.warning("sending update %d, which a stopped worker stored but may not have sent", admission.seq)
+            self.broadcast(admission.seq, admission.unsent_text)
+        self.advance(admission, message)
+
+    def advance(self, admission: Admission, tick: dict[str, Any]) -> None:
+        entries = self.reports.read()
+        now = timezone.now()
+        cutoff = now - timedelta(seconds=settings.OFFLINE_AFTER)
+        expiring = fleet.silent(cutoff)
+        carried = self.feed.pending()
+        carried.update(self.feed.announce({entry.name for entry in entries} | set(expiring)))
+        fleet.apply_entries(entries, now)
+        fleet.expire(expiring, cutoff)
+
+        machines = fleet.machines(carried) if carried else []
+        removed = sorted(set(carried) - {machine["name"] for machine in machines})
+        tick_lag_ms = (tick.get("sent_ns", tick["tick_ns"]) - tick["tick_ns"]) / 1e6
         self.system = self.probe.sample(round(tick_lag_ms, 3))
-        self.snapshot = None
-        publish(
-            protocol.STATUS_GROUP,
+        seq = admission.seq + 1
+        text = protocol.encode(
             {
                 "type": protocol.STATUS_UPDATE,
-                "epoch": self.feed.epoch,
-                "seq": step.seq,
+                "epoch": admission.epoch,
+                "seq": seq,
                 "ts": now_iso(),
-                "tick_ns": message["tick_ns"],
-                "machines": fleet.machines(step.changed) if step.changed else [],
-                "removed": step.removed,
+                "tick_ns": tick["tick_ns"],
+                "machines": machines,
+                "removed": removed,
                 "summary": fleet.summary(),
                 "system": self.system,
-            },
+            }
         )
+        stored = self.feed.store(admission, text, carried)
+        self.reports.done(entries)
+        if not stored:
+            log.warning("another status worker stored update %d first; these changes go in the next", seq)
+            return
+        self.broadcast(seq, text)
+
+    def broadcast(self, seq: int, text: str) -> None:
+        broadcast_encoded(protocol.STATUS_GROUP, protocol.STATUS_UPDATE, text)
+        self.feed.mark_sent(seq)
 
     # --- sockets and the snapshot API ---------------------------------------------------
 
     def status_join(self, message: dict[str, Any]) -> None:
-        if self.snapshot is None:
-            self.snapshot = relay(self.snapshot_frame())
-        deliver(message["reply_channel"], self.snapshot)
+        position = self.feed.current()
+        if self.snapshot is None or self.snapshot[0] != position:
+            self.snapshot = (position, relay(self.snapshot_frame(*position)))
+        deliver(message["reply_channel"], self.snapshot[1])
 
     status_resync = status_join
 
-    def snapshot_frame(self) -> dict[str, Any]:
+    def snapshot_frame(self, epoch: str, seq: int) -> dict[str, Any]:
         return {
             "type": protocol.STATUS_SNAPSHOT,
-            "epoch": self.feed.epoch,
-            "seq": self.feed.seq,
+            "epoch": epoch,
+            "seq": seq,
             "ts": now_iso(),
             "machines": fleet.machines(),
             "summary": fleet.summary(),
@@ -98,23 +152,5 @@ class StatusWorker(WorkerConsumer):
         }
 
     def health_ping(self, message: dict[str, Any]) -> None:
-        deliver(message["reply_channel"], {"type": protocol.HEALTH_PONG, "epoch": self.feed.epoch})
-
-    # --- the fleet ------------------------------------------------------------------------
-
-    def fleet_report(self, message: dict[str, Any]) -> None:
-        fleet.apply_report(message["name"], message["report"], timezone.now())
-        self.changed([message["name"]])
-
-    def fleet_remove(self, message: dict[str, Any]) -> None:
-        if fleet.remove(message["name"]):
-            self.feed.mark_removed(message["name"])
-
-    def fleet_expire(self, message: dict[str, Any]) -> None:
-        names = fleet.expire_silent(timezone.now(), settings.OFFLINE_AFTER)
-        if names:
-            log.info("marked %d silent machine(s) offline", len(names))
-            self.changed(names)
-
-    def changed(self, names: list[str]) -> None:
-        self.feed.mark_changed(names)
+        epoch, _ = self.feed.current()
+        deliver(message["reply_channel"], {"type": protocol.HEALTH_PONG, "epoch": epoch, "worker": self.instance})

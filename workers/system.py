@@ -25,8 +25,8 @@ class SystemProbe:
         return {
             "connections": None,
             "web_processes": None,
-            "worker": {"alive": True, "messages_per_s": None},
-            "scheduler": {"tick_lag_ms": None},
+            "worker": {"alive": True, "messages_per_s": None, "status_instances": None},
+            "scheduler": {"tick_lag_ms": None, "leader": None, "instances": None},
             "redis": {"rtt_ms": None},
         }
 
@@ -42,9 +42,13 @@ class SystemProbe:
             counts = [int(value) for value in self.redis.mget(keys) if value is not None] if keys else []
             system["connections"] = sum(counts)
             system["web_processes"] = len(counts)
-            self.redis.set(
-                heartbeats.key(heartbeats.WORKER), heartbeats.record(), ex=heartbeats.TTL_S
-            )
+            with self.redis.pipeline(transaction=False) as pipe:
+                heartbeats.queue_topology(pipe)
+                pipe.set(heartbeats.key(heartbeats.WORKER), heartbeats.record(), ex=heartbeats.TTL_S)
+                topology = heartbeats.topology(pipe.execute()[:-1])
+            system["scheduler"]["leader"] = topology["leader"]
+            system["scheduler"]["instances"] = topology["schedulers"]
+            system["worker"]["status_instances"] = topology["status_workers"]
         except redis.RedisError as error:
             log.warning("system probe could not reach Redis: %s", error)
         return system

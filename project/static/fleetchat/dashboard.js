@@ -145,6 +145,9 @@ function renderSummary(summary) {
 function renderSystem(system = {}) {
   setText("system-connections", formatNumber(system.connections));
   setText("system-worker", system.worker ? `${formatNumber(system.worker.messages_per_s)} msg/s` : "—");
+  setText("system-status-workers", formatNumber(system.worker?.status_instances));
+  setText("system-scheduler-leader", system.scheduler?.leader ?? "none");
+  setText("system-schedulers", formatNumber(system.scheduler?.instances));
   setText("system-tick-lag", formatNumber(system.scheduler?.tick_lag_ms, " ms"));
   setText("system-redis", formatNumber(system.redis?.rtt_ms, " ms"));
 }

@@ -1,0 +1,29 @@
+"""Every Redis key that more than one process reads or writes, named in one place.
+
+What must outlive a process lives under these keys (docs/architecture.md, "State and where
+it lives"). If Redis restarts empty they all vanish together, which the feed reads as "the
+sequence restarts" and answers with a new epoch.
+"""
+
+PREFIX = "fleetchat:"
+
+# The scheduler's lease: value "<holder id> <fencing token>", set-if-absent with a TTL.
+SCHEDULER_LEASE = PREFIX + "scheduler:lease"
+# INCR'd on every new lease: the fencing token, larger for every later leader.
+SCHEDULER_FENCE = PREFIX + "scheduler:fence"
+
+# The status feed (workers/feed.py): one hash with epoch, seq, the highest token and tick
+# admitted, and the last update (its text and whether it is known to have been sent).
+STATUS_FEED = PREFIX + "feed:status"
+# Machines announced as changing that no stored update has carried yet: name -> version.
+STATUS_FEED_PENDING = PREFIX + "feed:status:pending"
+
+# Agent reports (and removals) answered 202: a stream the status workers read as a group.
+REPORTS_STREAM = PREFIX + "reports"
+REPORTS_GROUP = "status-workers"
+
+# Live instances of each process kind: a sorted set of instance ids scored by the time
+# (ms) each last said it was alive.
+INSTANCES = PREFIX + "instances:"
+SCHEDULER_INSTANCES = INSTANCES + "scheduler"
+STATUS_WORKER_INSTANCES = INSTANCES + "status-worker"
