@@ -3,6 +3,7 @@
     python bench/run.py standard            # what `make bench` runs
     python bench/run.py standard --quick    # a short pass of the same set
     python bench/run.py s1 --clients 5000 --seconds 60
+    python bench/run.py failover            # the status stream while schedulers and workers die
 
 Each result row (``bench/results/results.json``, rendered to ``results.md``) carries the
 exact command, the versions and the machine, the client's books (deliveries, missed and
@@ -13,11 +14,14 @@ commands per second. Servers run as the Procfile runs them, against a private Re
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
+import random
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import loadgen  # noqa: E402
-from project import embedded_redis  # noqa: E402
+from project import embedded_redis, heartbeats, keys  # noqa: E402
+from tests.faults import StreamWatch, leader, next_update_after, pid_of, wait_for_leader  # noqa: E402
 from tests.stack import Stack, read_procfile  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -177,21 +182,26 @@ def private_redis():
 
 
 @contextmanager
-def our_stack(redis_url: str, **env: str):
+def our_stack(redis_url: str, instances: dict[str, int] | None = None, keep_logs: bool = False, **env: str):
+    """The Procfile's processes (``instances`` of some, as :meth:`Stack.start_all` takes them)
+    and a logged-in session; with ``keep_logs`` the work directory and its logs outlive the run."""
     stack = Stack(Path(tempfile.mkdtemp(prefix="bench-stack-")), redis_url, {
         "FLEET_TOKEN": FLEET_TOKEN, "LOG_LEVEL": "WARNING",
         "CHAT_RATE_LIMIT_COUNT": "100000", "CHAT_RATE_LIMIT_WINDOW_S": "1", **stack_env, **env,
     })
     if WEB_SERVERS[web_server]:
         stack.procfile["web"] = WEB_SERVERS[web_server]
-    stack.start_all()
+    stack.start_all(instances)
     stack.create_users("bench")
     stack.session = stack.login("bench")
     try:
         yield stack
     finally:
         stack.stop_all()
-        shutil.rmtree(stack.workdir, ignore_errors=True)
+        if keep_logs:
+            print(f"the stack's logs are in {stack.workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(stack.workdir, ignore_errors=True)
 
 
 @contextmanager
@@ -374,6 +384,115 @@ def server_holds(server_port: int, client_port: int) -> bool:
                and c.status == psutil.CONN_ESTABLISHED for c in psutil.net_connections("tcp4"))
 
 
+# --- failover: the status stream while schedulers and status workers die under it ------------
+
+FAILOVER_INSTANCES = {"worker": 2, "scheduler": 2}
+FAILOVER_MACHINES = 200
+ALIVE_KEYS = {"scheduler": keys.SCHEDULER_INSTANCES, "worker": keys.STATUS_WORKER_INSTANCES}
+
+
+@contextmanager
+def dashboard(stack: Stack) -> Iterator[StreamWatch]:
+    """One dashboard following the status stream (tests/faults.py) in a thread of its own while
+    the block runs, so that a scenario can sleep, kill and restart in plain code."""
+    watch, done = StreamWatch(), threading.Event()
+
+    async def follow() -> None:
+        async with stack.connect("/ws/status/", stack.session) as ws:
+            reading = asyncio.create_task(watch.follow(ws))
+            await asyncio.to_thread(done.wait)
+            reading.cancel()
+
+    thread = threading.Thread(target=asyncio.run, args=(follow(),))
+    thread.start()
+    try:
+        asyncio.run(next_update_after(watch, 0.0, timeout_s=15))  # past the snapshot
+        yield watch
+    finally:
+        done.set()
+        thread.join()
+
+
+def dashboard_books(watch: StreamWatch, since: float) -> dict:
+    """What the dashboard saw from ``since``, named as other rows name it where it means the same."""
+    books = watch.books(since)
+    return {"connected": 1, "failed_handshakes": 0, "deliveries_per_s": books.pop("updates_per_s"),
+            "missed": books.pop("missed_seq"), "duplicated": books.pop("repeated_seq"),
+            "resyncs": books.pop("resyncs_sent"), **books}
+
+
+def wait_until_alive(client: redis.Redis, kind_key: str, pid: int, timeout_s: float = 30) -> None:
+    """Until process ``pid`` counts among the live instances of its kind (a status worker does
+    from its first message)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = client.zrangebyscore(kind_key, heartbeats.alive_since_ms(), "+inf")
+        if any(pid_of(instance.decode()) == pid for instance in alive):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"process {pid} was not alive within {timeout_s} s of its start")
+
+
+def kill_and_restart(stack: Stack, client: redis.Redis, watch: StreamWatch, name: str, label: str) -> dict:
+    """SIGKILL ``label`` at a random point in the clock's second; once the dashboard has its next
+    update (or has waited 10 s), start it again and wait until it is alive."""
+    time.sleep((random.random() - time.time()) % 1)
+    into_second_ms = round(time.time() % 1 * 1000)
+    killed_at = time.monotonic()
+    stack.kill(label)
+    try:
+        to_next_update_s = round(asyncio.run(next_update_after(watch, killed_at)), 3)
+    except AssertionError:
+        to_next_update_s = None
+    wait_until_alive(client, ALIVE_KEYS[name], stack.start(name, label).pid)
+    return {"killed": label, "into_second_ms": into_second_ms, "to_next_update_s": to_next_update_s}
+
+
+def pause_leader(stack: Stack, client: redis.Redis, stopped_s: float, then_s: float) -> dict:
+    """SIGSTOP the leading scheduler past its lease, SIGCONT it, wait: who led when."""
+    paused = wait_for_leader(stack, client)
+    log_before = len(stack.read_log(paused))
+    stack.send_signal(paused, signal.SIGSTOP)
+    time.sleep(stopped_s)
+    successor = leader(stack, client)
+    stack.send_signal(paused, signal.SIGCONT)
+    time.sleep(then_s)
+    return {"paused": paused, "leader_while_paused": successor, "leader_after": leader(stack, client),
+            "paused_one_stood_by": "standing by" in stack.read_log(paused)[log_before:]}
+
+
+def failover(quick: bool) -> Iterator[dict]:
+    """One dashboard on a stack of two schedulers and two status workers (and a fleet reporting):
+    steady, then the leading scheduler SIGKILLed (and restarted) again and again, then a status
+    worker likewise, then the leader paused past its lease. One row per phase."""
+    steady_s, kills = (10, 3) if quick else (60, 10)
+    pause = {"stopped_s": 4, "then_s": 5}  # stopped well past the 1.5 s lease
+    params = {"schedulers": 2, "status_workers": 2, "machines": FAILOVER_MACHINES}
+    with private_redis() as (redis_server, url), \
+            our_stack(url, FAILOVER_INSTANCES, keep_logs=True, LOG_LEVEL="INFO") as stack, \
+            simulated_fleet(stack, FAILOVER_MACHINES), redis.Redis.from_url(url) as client, dashboard(stack) as watch:
+        since = time.monotonic()
+        with Monitor(stack_processes(stack, redis_server), url).measuring() as cost:
+            time.sleep(steady_s)
+        yield row("failover: steady", {**params, "seconds": steady_s}, dashboard_books(watch, since), cost)
+
+        since = time.monotonic()
+        killed = [kill_and_restart(stack, client, watch, "scheduler", wait_for_leader(stack, client))
+                  for _ in range(kills)]
+        yield row("failover: SIGKILL the leading scheduler", {**params, "kills": kills},
+                  {**dashboard_books(watch, since), "kills": killed}, {})
+
+        since = time.monotonic()
+        killed = [kill_and_restart(stack, client, watch, "worker", ("worker", "worker.2")[n % 2]) for n in range(kills)]
+        yield row("failover: SIGKILL a status worker", {**params, "kills": kills},
+                  {**dashboard_books(watch, since), "kills": killed}, {})
+
+        since = time.monotonic()
+        leaders = pause_leader(stack, client, **pause)
+        yield row("failover: SIGSTOP the leader past its lease", {**params, **pause},
+                  {**dashboard_books(watch, since), **leaders}, {})
+
+
 S1_FRAME_BYTES = 45_000  # a typical S1 update with 200 machines changing (measured: 38-68 KB)
 
 
@@ -399,6 +518,7 @@ def standard(quick: bool, processes: int) -> Iterator[dict]:
     yield stalled_client(20 if quick else 60)
     # With the keepalive out of the way, what bounds it is the socket's outbox.
     yield stalled_client(30 if quick else 120, UVICORN_WS_PING_INTERVAL="600")
+    yield from failover(quick)
 
 
 def save(rows: list[dict]) -> None:
@@ -413,6 +533,8 @@ def save(rows: list[dict]) -> None:
 
 def web_us_per_delivery(r: dict) -> float | str:
     """CPU microseconds the socket-serving process spent per frame delivered (steady window)."""
+    if r["scenario"].startswith("failover"):
+        return ""  # one dashboard: the web's CPU goes to the fleet's reports, not to deliveries
     cpu_pct = r["cost"].get("server_cpu_pct", {})
     web_pct = cpu_pct.get("web", cpu_pct.get("s0"))
     rate = r["load"].get("deliveries_per_s")
@@ -421,6 +543,19 @@ def web_us_per_delivery(r: dict) -> float | str:
 
 def per_process(values: dict, unit: str) -> str:
     return ", ".join(f"{name} {value:g}{unit}" for name, value in values.items())
+
+
+def failover_note(load: dict) -> str:
+    """A failover row's own books: the stream's continuity, each kill's wait, who led."""
+    parts = [f"epochs {len(load['epochs'])}", f"ticks out of order {load['ticks_out_of_order']}",
+             f"resyncs {load['resyncs']}", f"worst gap {load['worst_gap_s']} s"]
+    if "kills" in load:
+        waits = ", ".join(str(kill["to_next_update_s"]) for kill in load["kills"])
+        parts.append(f"kill to next update s: {waits}")
+    if "paused" in load:
+        parts.append(f"paused {load['paused']}, led while paused by {load['leader_while_paused']}, "
+                     f"then by {load['leader_after']}; paused one stood by: {load['paused_one_stood_by']}")
+    return "; ".join(parts)
 
 
 def render(rows: list[dict]) -> str:
@@ -453,6 +588,8 @@ def render(rows: list[dict]) -> str:
             notes.append(f"web RSS growth {cost['growth_mib']} MiB: {cost['web_rss_mib_every_5s']}")
         if cost.get("server_dropped_it_after_s") is not None:
             notes.append(f"the server dropped it after ~{cost['server_dropped_it_after_s']} s")
+        if "worst_gap_s" in load:
+            notes.append(failover_note(load))
         extra = f" ({'; '.join(notes)})" if notes else ""
         lines.append(
             f"| {r['when']} | {r['scenario']}{extra} | {params} | {load.get('connected', '')} / {load.get('failed_handshakes', '')} "
@@ -467,7 +604,8 @@ def render(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", choices=["standard", "s0", "s1", "s2", "s3", "wave", "memory", "stalled"])
+    parser.add_argument("scenario",
+                        choices=["standard", "s0", "s1", "s2", "s3", "wave", "memory", "stalled", "failover"])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60)
@@ -496,6 +634,7 @@ def main() -> None:
         "wave": lambda: [reconnect_wave(args.clients, args.connect_rate, args.processes)],
         "memory": lambda: [idle_memory(args.clients, args.processes)],
         "stalled": lambda: [stalled_client(args.seconds)],
+        "failover": lambda: failover(args.quick),
     }
     rows = []
     for result in runners[args.scenario]():

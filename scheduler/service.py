@@ -74,6 +74,7 @@ class Scheduler:
             keeper.cancel()
             try:
                 await self.lease.release()
+                await self.redis.zrem(keys.SCHEDULER_INSTANCES, self.instance)
             except redis.RedisError as error:
                 log.warning("could not hand the lease back (%s); it lapses on its own", error)
             await self.redis.aclose()

@@ -1,50 +1,112 @@
-"""The status feed's delta bookkeeping and the status worker, with an in-memory layer."""
+"""The status worker with Channels' ApplicationCommunicator, an in-memory layer and a private Redis.
+
+The feed's state and the reports stream live in that Redis (``workers/feed.py``,
+``project/reportqueue.py``); every test starts from it empty, with a scheduler lease whose
+token the ticks carry.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import pytest
+import redis
+import redis.asyncio
 from channels.testing import ApplicationCommunicator
+from django.utils import timezone
 
-from project import protocol
+from project import keys, protocol
+from project.reportqueue import REMOVE, REPORT, enqueue
 from project.reports import ReportErrors, check_report
-from workers.feed import StatusFeed, Step
+from workers import fleet
+from workers.feed import FeedStore
 from workers.models import Machine
 from workers.status import StatusWorker
 
+TOKEN = 1
+MAX_WAITING = 100
+RECEIVE_TIMEOUT_S = 5
+NS_PER_MS = 1_000_000
 
-def test_feed_hands_over_changes_once():
-    feed = StatusFeed(worker_epoch="w")
-    feed.mark_changed(["b", "a"])
-    feed.mark_changed(["a"])
-    assert feed.advance() == Step(seq=1, changed=["a", "b"], removed=[])
-    assert feed.advance() == Step(seq=2, changed=[], removed=[])
-
-
-def test_feed_removal_wins_over_an_earlier_change_and_vice_versa():
-    feed = StatusFeed(worker_epoch="w")
-    feed.mark_changed(["a", "b"])
-    feed.mark_removed("a")
-    feed.mark_removed("b")
-    feed.mark_changed(["b"])  # re-reported after removal: it exists again
-    assert feed.advance() == Step(seq=1, changed=["b"], removed=["a"])
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_feed_epoch_follows_the_scheduler_and_restarts_seq():
-    feed = StatusFeed(worker_epoch="w")
-    assert feed.follow("s1") is True
-    feed.advance(), feed.advance()
-    assert feed.follow("s1") is False
-    assert feed.seq == 2
-    assert feed.follow("s2") is True
-    assert (feed.epoch, feed.seq) == ("s2-w", 0)
-    assert feed.advance().seq == 1
+def lead(client: redis.Redis, token: int) -> None:
+    """Make ``token`` the scheduler lease's, as a leading scheduler would hold it."""
+    client.set(keys.SCHEDULER_LEASE, f"test-holder {token}")
 
 
-def test_two_feeds_never_share_an_epoch():
-    assert StatusFeed().epoch != StatusFeed().epoch
+class Harness:
+    """Status workers on one channel, a socket in the status group, and the report API's queue."""
+
+    def __init__(self, layer, socket: str, queue: redis.asyncio.Redis) -> None:
+        self.layer = layer
+        self.socket = socket
+        self.queue = queue
+        self.workers: list[ApplicationCommunicator] = []
+        self.app = self.start_worker()
+        self.last_tick_ns = 0
+
+    def start_worker(self) -> ApplicationCommunicator:
+        app = ApplicationCommunicator(StatusWorker.as_asgi(), {"type": "channel", "channel": protocol.STATUS_WORKER})
+        self.workers.append(app)
+        return app
+
+    def stop(self) -> None:
+        for app in self.workers:
+            app.stop()
+
+    async def report(self, name: str, body: dict) -> None:
+        await enqueue(self.queue, REPORT, name, check_report(name, body), MAX_WAITING)
+
+    async def remove(self, name: str) -> None:
+        await enqueue(self.queue, REMOVE, name, None, MAX_WAITING)
+
+    def next_tick_ns(self) -> int:
+        """Now, but always at least a millisecond after the last tick (the feed admits by ms)."""
+        self.last_tick_ns = max(time.time_ns(), self.last_tick_ns + NS_PER_MS)
+        return self.last_tick_ns
+
+    async def tick(self, tick_ns: int | None = None, token: int = TOKEN, app: ApplicationCommunicator | None = None) -> int:
+        tick_ns = self.next_tick_ns() if tick_ns is None else tick_ns
+        message = {"type": protocol.STATUS_TICK, "tick_ns": tick_ns, "token": token, "sent_ns": tick_ns}
+        await (app or self.app).send_input(message)
+        return tick_ns
+
+    async def received(self) -> dict:
+        async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+            return json.loads((await self.layer.receive(self.socket))["text"])
+
+    async def ticked(self, app: ApplicationCommunicator | None = None) -> dict:
+        """Tick, and the update it was turned into."""
+        await self.tick(app=app)
+        return await self.received()
+
+    async def join(self) -> dict:
+        await self.app.send_input({"type": protocol.STATUS_JOIN, "reply_channel": self.socket})
+        return await self.received()
+
+
+@pytest.fixture
+def feed_redis(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    lead(client, TOKEN)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def worker(channel_layer, feed_redis, redis_url):
+    socket = await channel_layer.new_channel()
+    await channel_layer.group_add(protocol.STATUS_GROUP, socket)
+    queue = redis.asyncio.Redis.from_url(redis_url)
+    harness = Harness(channel_layer, socket, queue)
+    yield harness
+    harness.stop()
+    await queue.aclose()
 
 
 def test_report_checker_normalises():
@@ -58,77 +120,177 @@ def test_report_checker_lists_every_problem():
     assert set(raised.value.errors) == {"body", "software[1].name", "software[1].state", "software[1].percent"}
 
 
-@pytest.mark.django_db(transaction=True)
-class TestStatusWorker:
-    @pytest.fixture
-    async def worker(self, channel_layer):
-        self.layer = channel_layer
-        self.socket = await channel_layer.new_channel()
-        await channel_layer.group_add(protocol.STATUS_GROUP, self.socket)
-        app = ApplicationCommunicator(StatusWorker.as_asgi(), {"type": "channel", "channel": protocol.STATUS_WORKER})
-        yield app
-        app.stop()
+def test_a_report_older_than_the_applied_one_does_not_roll_the_machine_back():
+    now = timezone.now()
+    fleet.apply_report("m1", check_report("m1", {"state": "ready", "progress": 100}), now, "10000-0")
 
-    async def received(self) -> dict:
-        return json.loads((await self.layer.receive(self.socket))["text"])
+    applied = fleet.apply_report("m1", check_report("m1", {"state": "provisioning", "progress": 10}), now, "9999-0")
 
-    async def tick(self, app, epoch: str = "s1") -> dict:
-        now = time.time_ns()
-        await app.send_input({"type": "status.tick", "seq": 1, "tick_ns": now, "sent_ns": now, "epoch": epoch})
-        return await self.received()
+    machine = Machine.objects.get(name="m1")
+    assert applied is False
+    assert (machine.state, machine.progress, machine.report_id) == ("ready", 100, "10000-0")
 
-    async def test_report_then_tick_carries_the_whole_machine_once(self, worker):
-        body = {"state": "provisioning", "software": [{"name": "a", "state": "installing", "percent": 30}, {"name": "b", "state": "done", "percent": 100}]}
-        await worker.send_input({"type": "fleet.report", "name": "m1", "report": check_report("m1", body)})
-        first = await self.tick(worker)
-        second = await self.tick(worker)
-        assert [m["name"] for m in first["machines"]] == ["m1"]
-        assert first["machines"][0]["progress"] == 65  # mean of its packages when not reported
-        assert second["machines"] == [] and second["seq"] == first["seq"] + 1
-        assert first["summary"]["states"]["provisioning"] == 1
 
-    async def test_stale_tick_is_dropped(self, worker):
-        fresh = await self.tick(worker)
-        old = time.time_ns() - 2_000_000_000
-        await worker.send_input({"type": "status.tick", "seq": 2, "tick_ns": old, "sent_ns": old, "epoch": "s1"})
-        after = await self.tick(worker)
-        assert after["seq"] == fresh["seq"] + 1
+def test_a_report_delivered_again_is_not_applied_twice():
+    now = timezone.now()
+    report = check_report("m1", {"state": "provisioning", "software": [{"name": "a", "state": "installing", "percent": 10}]})
+    fleet.apply_report("m1", report, now, "2000-0")
 
-    async def test_snapshot_reports_the_current_seq(self, worker):
-        update = await self.tick(worker)
-        await worker.send_input({"type": "status.join", "reply_channel": self.socket})
-        snapshot = await self.received()
-        assert (snapshot["type"], snapshot["epoch"], snapshot["seq"]) == ("status.snapshot", update["epoch"], update["seq"])
+    applied = fleet.apply_report("m1", report, now, "2000-0")
 
-    async def test_snapshot_is_built_once_per_tick_and_the_next_update_covers_later_reports(self, worker, monkeypatch):
-        from workers import fleet
+    assert applied is False
 
-        builds = []
-        build = fleet.machines
-        monkeypatch.setattr(fleet, "machines", lambda names=None: builds.append(names) or build(names))
-        await self.tick(worker)
-        report = check_report("late", {"state": "pending"})
-        await worker.send_input({"type": "status.join", "reply_channel": self.socket})
-        first = await self.received()
-        await worker.send_input({"type": "fleet.report", "name": "late", "report": report})
-        await worker.send_input({"type": "status.join", "reply_channel": self.socket})
-        second = await self.received()
-        assert second == first and builds == [None]  # one build for both joins, despite the report
-        update = await self.tick(worker)
-        assert update["seq"] == first["seq"] + 1 and [m["name"] for m in update["machines"]] == ["late"]
 
-    async def test_expire_marks_silent_provisioning_machines_offline(self, worker, settings):
-        settings.OFFLINE_AFTER = 0
-        await worker.send_input({"type": "fleet.report", "name": "m2", "report": check_report("m2", {"state": "provisioning"})})
-        await worker.send_input({"type": "fleet.report", "name": "m3", "report": check_report("m3", {"state": "ready"})})
-        await worker.send_input({"type": "fleet.expire"})
-        update = await self.tick(worker)
-        states = {m["name"]: m["state"] for m in update["machines"]}
-        assert states == {"m2": "offline", "m3": "ready"}
-        assert await Machine.objects.filter(state="offline").acount() == 1
+def test_a_newer_report_is_applied():
+    now = timezone.now()
+    fleet.apply_report("m1", check_report("m1", {"state": "provisioning", "progress": 10}), now, "2000-0")
 
-    async def test_a_failing_message_does_not_restart_the_feed(self, worker):
-        before = await self.tick(worker)
-        await worker.send_input({"type": "fleet.report", "name": "broken"})  # no report: the handler raises
-        after = await self.tick(worker)
-        assert (after["epoch"], after["seq"]) == (before["epoch"], before["seq"] + 1)
+    applied = fleet.apply_report("m1", check_report("m1", {"state": "ready", "progress": 100}), now, "2000-1")
+
+    assert applied is True
+    assert Machine.objects.get(name="m1").state == "ready"
+
+
+async def test_report_then_tick_carries_the_whole_machine_once(worker):
+    body = {"state": "provisioning", "software": [{"name": "a", "state": "installing", "percent": 30}, {"name": "b", "state": "done", "percent": 100}]}
+    await worker.report("m1", body)
+
+    first = await worker.ticked()
+    second = await worker.ticked()
+
+    assert [m["name"] for m in first["machines"]] == ["m1"]
+    assert first["machines"][0]["progress"] == 65  # mean of its packages when not reported
+    assert first["summary"]["states"]["provisioning"] == 1
+    assert second["machines"] == [] and second["seq"] == first["seq"] + 1
+
+
+async def test_a_removal_is_carried_as_removed(worker):
+    await worker.report("m1", {"state": "ready"})
+    await worker.ticked()
+    await worker.remove("m1")
+
+    update = await worker.ticked()
+
+    assert (update["machines"], update["removed"]) == ([], ["m1"])
+    assert await Machine.objects.acount() == 0
+
+
+async def test_reports_leave_the_stream_once_an_update_carries_them(worker, feed_redis):
+    await worker.report("m1", {"state": "ready"})
+
+    await worker.ticked()
+
+    assert feed_redis.xlen(keys.REPORTS_STREAM) == 0
+
+
+async def test_stale_tick_is_dropped(worker):
+    await worker.tick(tick_ns=time.time_ns() - 2_000_000_000)
+    fresh_ns = await worker.tick()
+
+    update = await worker.received()
+
+    assert (update["seq"], update["tick_ns"]) == (1, fresh_ns)
+
+
+async def test_tick_with_a_token_that_is_not_the_leases_is_refused(worker):
+    await worker.tick(token=TOKEN + 1)
+    leaders_ns = await worker.tick(token=TOKEN)
+
+    update = await worker.received()
+
+    assert (update["seq"], update["tick_ns"]) == (1, leaders_ns)
+
+
+async def test_tick_with_a_token_older_than_one_admitted_is_refused(worker, feed_redis):
+    lead(feed_redis, 2)
+    await worker.tick(token=2)
+    first = await worker.received()
+    lead(feed_redis, 1)  # the lease somehow back with an older token
+    await worker.tick(token=1)
+    lead(feed_redis, 3)
+    newest_ns = await worker.tick(token=3)
+
+    update = await worker.received()
+
+    assert (update["seq"], update["tick_ns"]) == (first["seq"] + 1, newest_ns)
+
+
+async def test_the_same_tick_twice_makes_one_update(worker):
+    tick_ns = worker.next_tick_ns()
+    await worker.tick(tick_ns=tick_ns)
+    await worker.tick(tick_ns=tick_ns)
+    next_ns = await worker.tick()
+
+    first, second = await worker.received(), await worker.received()
+
+    assert (first["seq"], first["tick_ns"]) == (1, tick_ns)
+    assert (second["seq"], second["tick_ns"]) == (2, next_ns)
+
+
+async def test_snapshot_reports_the_current_epoch_and_seq(worker):
+    await worker.ticked()
+    update = await worker.ticked()
+
+    snapshot = await worker.join()
+
+    assert (snapshot["type"], snapshot["epoch"], snapshot["seq"]) == ("status.snapshot", update["epoch"], update["seq"])
+
+
+async def test_snapshot_is_built_once_per_stored_update(worker, monkeypatch):
+    builds = []
+    build = fleet.machines
+    monkeypatch.setattr(fleet, "machines", lambda names=None: builds.append(names) or build(names))
+    await worker.ticked()
+    first = await worker.join()
+    again = await worker.join()
+    await worker.report("late", {"state": "pending"})
+    update = await worker.ticked()
+
+    after_update = await worker.join()
+
+    assert again == first
+    assert builds.count(None) == 2  # one for both joins before the update, one after
+    assert after_update["seq"] == update["seq"] == first["seq"] + 1
+    assert [m["name"] for m in after_update["machines"]] == ["late"]
+
+
+async def test_expire_marks_silent_provisioning_machines_offline(worker, settings):
+    settings.OFFLINE_AFTER = 0
+    await worker.report("m2", {"state": "provisioning"})
+    await worker.report("m3", {"state": "ready"})
+    reported = await worker.ticked()
+
+    expired = await worker.ticked()
+
+    assert {m["name"]: m["state"] for m in reported["machines"]} == {"m2": "provisioning", "m3": "ready"}
+    assert {m["name"]: m["state"] for m in expired["machines"]} == {"m2": "offline"}
+    assert await Machine.objects.filter(state="offline").acount() == 1
+
+
+async def test_an_update_stored_but_not_sent_is_sent_before_the_next(worker, feed_redis):
+    await worker.ticked()
+    feed = FeedStore(feed_redis)
+    admission = feed.admit(TOKEN, worker.next_tick_ns() // NS_PER_MS)
+    unsent = {"type": protocol.STATUS_UPDATE, "epoch": admission.epoch, "seq": admission.seq + 1, "machines": []}
+    feed.store(admission, json.dumps(unsent), {})  # and the worker that stored it died
+
+    await worker.tick()
+
+    assert await worker.received() == unsent
+    assert (await worker.received())["seq"] == unsent["seq"] + 1
+
+
+async def test_epoch_is_kept_and_seq_continues_across_status_workers(worker):
+    other = worker.start_worker()
+
+    updates = [await worker.ticked(), await worker.ticked(app=other), await worker.ticked()]
+
+    assert [(u["epoch"], u["seq"]) for u in updates] == [(updates[0]["epoch"], seq) for seq in (1, 2, 3)]
+
+
+async def test_a_failing_message_does_not_stop_the_worker(worker):
+    await worker.app.send_input({"type": protocol.STATUS_TICK, "token": TOKEN})  # no tick_ns: the handler raises
+
+    update = await worker.ticked()
+
+    assert update["seq"] == 1
