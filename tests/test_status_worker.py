@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import pytest
@@ -151,6 +152,26 @@ def test_a_newer_report_is_applied():
     assert Machine.objects.get(name="m1").state == "ready"
 
 
+def test_a_removal_is_not_undone_by_an_older_report_delivered_again():
+    now = timezone.now()
+    fleet.apply_report("m1", check_report("m1", {"state": "provisioning"}), now, "1000-0")
+    fleet.remove("m1", now, "3000-0")
+
+    applied = fleet.apply_report("m1", check_report("m1", {"state": "provisioning"}), now, "2000-0")
+
+    assert applied is False
+    assert not Machine.objects.filter(name="m1").exists()
+    assert fleet.apply_report("m1", check_report("m1", {"state": "ready"}), now, "4000-0") is True
+
+
+def test_a_removal_older_than_the_last_report_is_not_applied():
+    now = timezone.now()
+    fleet.apply_report("m1", check_report("m1", {"state": "ready"}), now, "2000-0")
+
+    assert fleet.remove("m1", now, "1000-0") is False
+    assert Machine.objects.get(name="m1").state == "ready"
+
+
 async def test_report_then_tick_carries_the_whole_machine_once(worker):
     body = {"state": "provisioning", "software": [{"name": "a", "state": "installing", "percent": 30}, {"name": "b", "state": "done", "percent": 100}]}
     await worker.report("m1", body)
@@ -278,6 +299,37 @@ async def test_an_update_stored_but_not_sent_is_sent_before_the_next(worker, fee
 
     assert await worker.received() == unsent
     assert (await worker.received())["seq"] == unsent["seq"] + 1
+
+
+async def test_a_change_carried_by_a_concurrent_tick_before_its_commit_reaches_a_later_update(
+    worker, feed_redis, monkeypatch
+):
+    """Another worker, on another tick, stores an update between this worker's announcement of
+    m1 and its commit: that update carried m1 as it was before. m1 stays pending and the next
+    update has it as it is now."""
+    await worker.report("m1", {"state": "provisioning"})
+    await worker.ticked()
+    apply_entries = fleet.apply_entries
+    raced = threading.Event()
+
+    def a_concurrent_tick_stores_first(entries, now):
+        feed = FeedStore(feed_redis)
+        admission = feed.admit(TOKEN, worker.next_tick_ns() // NS_PER_MS)
+        update = {"type": protocol.STATUS_UPDATE, "epoch": admission.epoch, "seq": admission.seq + 1}
+        feed.store(admission, json.dumps(update), feed.pending())  # carries m1 with its old state
+        feed.mark_sent(admission.seq + 1)
+        apply_entries(entries, now)
+        raced.set()
+
+    monkeypatch.setattr(fleet, "apply_entries", a_concurrent_tick_stores_first)
+    await worker.report("m1", {"state": "ready"})
+    await worker.tick()  # loses the race: stores nothing
+    assert await asyncio.to_thread(raced.wait, RECEIVE_TIMEOUT_S)
+    monkeypatch.setattr(fleet, "apply_entries", apply_entries)
+
+    update = await worker.ticked()
+
+    assert [(m["name"], m["state"]) for m in update["machines"]] == [("m1", "ready")]
 
 
 async def test_epoch_is_kept_and_seq_continues_across_status_workers(worker):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -12,11 +12,15 @@ from django.db.models import Avg, Count
 from project.protocol import MACHINE_STATES, iso_utc
 from project.reportqueue import REMOVE, REPORT, Entry, stream_order
 
-from .models import Machine, Software
+from .models import Machine, RemovedMachine, Software
 
 # Only machines still on their way can go silent; ready and failed ones have stopped
 # reporting because they are finished, not because they are gone.
 EXPIRING_STATES = (Machine.State.PENDING, Machine.State.PROVISIONING)
+
+
+# A removal is remembered this long: far longer than a stopped worker's reports wait to be claimed.
+TOMBSTONE_KEEP = timedelta(hours=1)
 
 
 @transaction.atomic
@@ -26,18 +30,29 @@ def apply_entries(entries: Iterable[Entry], now: datetime) -> None:
         if entry.kind == REPORT:
             apply_report(entry.name, entry.report, now, entry.id)
         elif entry.kind == REMOVE:
-            remove(entry.name)
+            remove(entry.name, now, entry.id)
+
+
+def is_newer(report_id: str, than: str) -> bool:
+    """Whether stream id ``report_id`` came after ``than`` (anything is newer than nothing)."""
+    return not (report_id and than) or stream_order(report_id) > stream_order(than)
+
+
+def last_applied_id(name: str, machine: Machine | None) -> str:
+    if machine is not None:
+        return machine.report_id
+    return RemovedMachine.objects.filter(name=name).values_list("report_id", flat=True).first() or ""
 
 
 def apply_report(name: str, report: dict[str, Any], now: datetime, report_id: str = "") -> bool:
     """Store a checked report (see :func:`project.reports.check_report`) for machine ``name``.
 
-    ``False`` when a report with a later ``report_id`` (the reports stream's id) was applied
-    already: an entry delivered again after a worker died must not roll the machine back.
+    ``False`` when a report or removal with a later ``report_id`` (the reports stream's id) was
+    applied already: an entry delivered again after a worker died must not roll the machine back.
     """
-    machine, _ = Machine.objects.get_or_create(name=name)
-    if report_id and machine.report_id and stream_order(report_id) <= stream_order(machine.report_id):
+    if not is_newer(report_id, last_applied_id(name, Machine.objects.filter(name=name).first())):
         return False
+    machine, _ = Machine.objects.get_or_create(name=name)
     if report["software"]:
         Software.objects.bulk_create(
             [Software(machine=machine, **package) for package in report["software"]],
@@ -57,8 +72,14 @@ def apply_report(name: str, report: dict[str, Any], now: datetime, report_id: st
     return True
 
 
-def remove(name: str) -> bool:
+def remove(name: str, now: datetime, report_id: str = "") -> bool:
+    """Forget machine ``name``, unless a later report already brought it back."""
+    if not is_newer(report_id, last_applied_id(name, Machine.objects.filter(name=name).first())):
+        return False
     deleted, _ = Machine.objects.filter(name=name).delete()
+    RemovedMachine.objects.filter(removed_at__lt=now - TOMBSTONE_KEEP).delete()
+    if report_id:
+        RemovedMachine.objects.update_or_create(name=name, defaults={"report_id": report_id, "removed_at": now})
     return bool(deleted)
 
 

@@ -76,6 +76,18 @@ class Machine(models.Model):
         return self.name
 
 
+class RemovedMachine(models.Model):
+    """A machine forgotten through the API, remembered for a while by the removal's stream id,
+    so that an older report delivered again after a worker crash does not bring it back."""
+
+    name = models.CharField(max_length=64, unique=True)
+    report_id = models.CharField(max_length=40)
+    removed_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} (removed)"
+
+
 class Software(models.Model):
     """One package being installed on a machine."""
 

@@ -50,12 +50,23 @@ def now_iso() -> str:
 
 def say_alive_forever(client: redis.Redis, instance: str) -> None:
     """Counts this process among the live status workers (``/readyz``, the system panel)."""
-    while True:
+    while threading.main_thread().is_alive():
         try:
             heartbeats.mark_alive(client, keys.STATUS_WORKER_INSTANCES, instance)
         except redis.RedisError as error:
             log.warning("could not say this status worker is alive: %s", error)
         time.sleep(ALIVE_EVERY_S)
+
+
+_saying_alive: threading.Thread | None = None
+
+
+def start_saying_alive(client: redis.Redis, instance: str) -> None:
+    """One thread per process, however many consumer instances (tests make several)."""
+    global _saying_alive
+    if _saying_alive is None or not _saying_alive.is_alive():
+        _saying_alive = threading.Thread(target=say_alive_forever, args=(client, instance), daemon=True)
+        _saying_alive.start()
 
 
 class StatusWorker(WorkerConsumer):
@@ -70,7 +81,7 @@ class StatusWorker(WorkerConsumer):
         # ((epoch, seq), relayed snapshot): one build per stored update, shared by every join.
         # It may miss changes applied after that update; the next update carries them.
         self.snapshot: tuple[tuple[str, int], dict[str, Any]] | None = None
-        threading.Thread(target=say_alive_forever, args=(self.redis, self.instance), daemon=True).start()
+        start_saying_alive(self.redis, self.instance)
 
     # --- the clock ------------------------------------------------------------------
 
@@ -96,10 +107,15 @@ class StatusWorker(WorkerConsumer):
         now = timezone.now()
         cutoff = now - timedelta(seconds=settings.OFFLINE_AFTER)
         expiring = fleet.silent(cutoff)
+        changing = {entry.name for entry in entries} | set(expiring)
         carried = self.feed.pending()
-        carried.update(self.feed.announce({entry.name for entry in entries} | set(expiring)))
+        # Announced before the change (a crash after the commit leaves it pending) and again
+        # after it: a worker handling another tick at the same time may have carried the first
+        # version with the state from before the commit; the second version outlives its store.
+        self.feed.announce(changing)
         fleet.apply_entries(entries, now)
         fleet.expire(expiring, cutoff)
+        carried.update(self.feed.announce(changing))
 
         machines = fleet.machines(carried) if carried else []
         removed = sorted(set(carried) - {machine["name"] for machine in machines})
