@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import loadgen  # noqa: E402
 from project import embedded_redis, heartbeats, keys  # noqa: E402
+from scheduler.clock import NS_PER_S  # noqa: E402
 from tests.faults import StreamWatch, leader, next_update_after, pid_of, wait_for_leader  # noqa: E402
 from tests.stack import Stack, read_procfile  # noqa: E402
 
@@ -413,12 +414,26 @@ def dashboard(stack: Stack) -> Iterator[StreamWatch]:
         thread.join()
 
 
+def latest_update(watch: StreamWatch) -> float:
+    """When the dashboard's latest update arrived: a phase's books start there, so that the gap
+    its first fault opens counts in full."""
+    return watch.updates()[-1][0]
+
+
 def dashboard_books(watch: StreamWatch, since: float) -> dict:
-    """What the dashboard saw from ``since``, named as other rows name it where it means the same."""
+    """What the dashboard saw from the update at ``since``, named as other rows name it where it
+    means the same; the rate leaves out that first update, which the phase did not produce.
+
+    A second without an update is no hole in ``seq`` (the next update carries its changes), so
+    it is counted apart: ``ticks_without_update``."""
     books = watch.books(since)
-    return {"connected": 1, "failed_handshakes": 0, "deliveries_per_s": books.pop("updates_per_s"),
+    del books["updates_per_s"]
+    ticks_s = [frame["tick_ns"] // NS_PER_S for _, frame in watch.updates(since)]
+    return {"connected": 1, "failed_handshakes": 0,
+            "deliveries_per_s": round((books["updates"] - 1) / books["seconds"], 3),
             "missed": books.pop("missed_seq"), "duplicated": books.pop("repeated_seq"),
-            "resyncs": books.pop("resyncs_sent"), **books}
+            "resyncs": books.pop("resyncs_sent"), **books,
+            "ticks_without_update": sum(max(later - earlier - 1, 0) for earlier, later in zip(ticks_s, ticks_s[1:]))}
 
 
 def wait_until_alive(client: redis.Redis, kind_key: str, pid: int, timeout_s: float = 30) -> None:
@@ -448,17 +463,20 @@ def kill_and_restart(stack: Stack, client: redis.Redis, watch: StreamWatch, name
     return {"killed": label, "into_second_ms": into_second_ms, "to_next_update_s": to_next_update_s}
 
 
-def pause_leader(stack: Stack, client: redis.Redis, stopped_s: float, then_s: float) -> dict:
-    """SIGSTOP the leading scheduler past its lease, SIGCONT it, wait: who led when."""
+def pause_leader(stack: Stack, client: redis.Redis, watch: StreamWatch, stopped_s: float, then_s: float) -> dict:
+    """SIGSTOP the leading scheduler past its lease, SIGCONT it, wait: who led when, and how long
+    the dashboard waited for its next update."""
     paused = wait_for_leader(stack, client)
     log_before = len(stack.read_log(paused))
+    stopped_at = time.monotonic()
     stack.send_signal(paused, signal.SIGSTOP)
     time.sleep(stopped_s)
     successor = leader(stack, client)
     stack.send_signal(paused, signal.SIGCONT)
     time.sleep(then_s)
     return {"paused": paused, "leader_while_paused": successor, "leader_after": leader(stack, client),
-            "paused_one_stood_by": "standing by" in stack.read_log(paused)[log_before:]}
+            "paused_one_stood_by": "standing by" in stack.read_log(paused)[log_before:],
+            "to_next_update_s": round(asyncio.run(next_update_after(watch, stopped_at)), 3)}
 
 
 def failover(quick: bool) -> Iterator[dict]:
@@ -471,24 +489,24 @@ def failover(quick: bool) -> Iterator[dict]:
     with private_redis() as (redis_server, url), \
             our_stack(url, FAILOVER_INSTANCES, keep_logs=True, LOG_LEVEL="INFO") as stack, \
             simulated_fleet(stack, FAILOVER_MACHINES), redis.Redis.from_url(url) as client, dashboard(stack) as watch:
-        since = time.monotonic()
+        since = latest_update(watch)
         with Monitor(stack_processes(stack, redis_server), url).measuring() as cost:
             time.sleep(steady_s)
         yield row("failover: steady", {**params, "seconds": steady_s}, dashboard_books(watch, since), cost)
 
-        since = time.monotonic()
+        since = latest_update(watch)
         killed = [kill_and_restart(stack, client, watch, "scheduler", wait_for_leader(stack, client))
                   for _ in range(kills)]
         yield row("failover: SIGKILL the leading scheduler", {**params, "kills": kills},
                   {**dashboard_books(watch, since), "kills": killed}, {})
 
-        since = time.monotonic()
+        since = latest_update(watch)
         killed = [kill_and_restart(stack, client, watch, "worker", ("worker", "worker.2")[n % 2]) for n in range(kills)]
         yield row("failover: SIGKILL a status worker", {**params, "kills": kills},
                   {**dashboard_books(watch, since), "kills": killed}, {})
 
-        since = time.monotonic()
-        leaders = pause_leader(stack, client, **pause)
+        since = latest_update(watch)
+        leaders = pause_leader(stack, client, watch, **pause)
         yield row("failover: SIGSTOP the leader past its lease", {**params, **pause},
                   {**dashboard_books(watch, since), **leaders}, {})
 
@@ -548,13 +566,15 @@ def per_process(values: dict, unit: str) -> str:
 def failover_note(load: dict) -> str:
     """A failover row's own books: the stream's continuity, each kill's wait, who led."""
     parts = [f"epochs {len(load['epochs'])}", f"ticks out of order {load['ticks_out_of_order']}",
-             f"resyncs {load['resyncs']}", f"worst gap {load['worst_gap_s']} s"]
+             f"resyncs {load['resyncs']}", f"worst gap {load['worst_gap_s']} s",
+             f"seconds without an update {load['ticks_without_update']}"]
     if "kills" in load:
         waits = ", ".join(str(kill["to_next_update_s"]) for kill in load["kills"])
         parts.append(f"kill to next update s: {waits}")
     if "paused" in load:
-        parts.append(f"paused {load['paused']}, led while paused by {load['leader_while_paused']}, "
-                     f"then by {load['leader_after']}; paused one stood by: {load['paused_one_stood_by']}")
+        parts.append(f"stop to next update {load['to_next_update_s']} s; paused {load['paused']}, led while paused "
+                     f"by {load['leader_while_paused']}, then by {load['leader_after']}; "
+                     f"paused one stood by: {load['paused_one_stood_by']}")
     return "; ".join(parts)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.exceptions import ChannelFull, StopConsumer
+from channels.utils import await_many_dispatch
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -42,23 +43,66 @@ def group_layer():
 
 
 class EdgeConsumer(AsyncWebsocketConsumer):
-    """A WebSocket consumer that never touches the database.
+    """A WebSocket consumer that never touches the database and outlives its channel layer.
 
     Channels' own ``dispatch`` and ``websocket_disconnect`` first close stale database
     connections: a hop to a thread for every message to every socket, the largest single
     cost in the web process under fan-out (py-spy; see docs/performance.md). Consumers
     here have no database connection to close, so they dispatch straight to the handler.
+
+    Channels' ``__call__`` ends the consumer on the first error from the channel layer (Redis
+    restarting) or from a handler, and then nothing undoes what the socket had set up. Here a
+    layer error is retried, a handler error is logged (and answered, for a client frame), and
+    :meth:`clean_up` runs however the consumer ends.
     """
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.base_send = send
+        try:
+            await await_many_dispatch([receive, self.receive_from_layer], self.dispatch)
+        except StopConsumer:
+            pass
+        finally:
+            await self.clean_up()
+
+    async def receive_from_layer(self) -> dict[str, Any]:
+        """The next message for this socket's channel, waiting out a Redis restart or failover."""
+        failures = 0
+        while True:
+            try:
+                return await self.channel_layer.receive(self.channel_name)
+            except Exception as error:
+                failures += 1
+                log.warning("receiving for a socket failed (%s); retrying", error)
+                fanout_for(group_layer()).layer_failed()
+                await asyncio.sleep(min(2.0, 0.1 * 2**failures))
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
-            raise ValueError(f"no handler for message type {message['type']}")
-        await handler(message)
+            log.warning("%s has no handler for %s", type(self).__name__, message["type"])
+            return
+        try:
+            await handler(message)
+        except (StopConsumer, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("%s failed on a %s message", type(self).__name__, message["type"])
+            if message["type"] == "websocket.receive":
+                await self.send_frame(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server could not handle this frame").frame())
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         await self.disconnect(message.get("code"))
         raise StopConsumer()
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=protocol.encode(frame))
+
+    async def clean_up(self) -> None:
+        """Undo what this socket set up; safe to call more than once."""
 
 
 class RelayConsumer(EdgeConsumer):
@@ -100,15 +144,35 @@ class RelayConsumer(EdgeConsumer):
         connections.opened()
         self.counted = True
 
-    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+    async def clean_up(self) -> None:
         self.outbox.shut_down()
         if self.counted:
             connections.closed()
             self.counted = False
         if self.group is not None:
-            await fanout_for(group_layer()).leave(self.group, self)
-            self.group = None
+            group, self.group = self.group, None
+            await fanout_for(group_layer()).leave(group, self)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        await self.clean_up()
         await super().websocket_disconnect(message)
+
+    async def join_and_ask(self, group: str, first_frame: dict[str, Any]) -> bool:
+        """Join ``group``, accept the socket and forward ``first_frame`` (what the socket gets
+        first: history, a snapshot). If the channel layer is away the socket is refused (before
+        accept) or closed with 1011 (after), and the client reconnects; ``False`` then."""
+        try:
+            await self.join_group(group)
+        except Exception as error:
+            log.warning("refusing a socket: joining %s failed (%s)", group, error)
+            fanout_for(group_layer()).layer_failed()
+            await self.close()
+            return False
+        await self.accept()
+        if not await self.forward(first_frame):
+            await self.close(code=protocol.CLOSE_TRY_AGAIN)
+            return False
+        return True
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -118,18 +182,26 @@ class RelayConsumer(EdgeConsumer):
             return
         await self.forward(frame)
 
-    async def forward(self, frame: dict[str, Any]) -> None:
-        """Hand a client frame to the worker; the worker answers on ``reply_channel``."""
+    async def forward(self, frame: dict[str, Any]) -> bool:
+        """Hand a client frame to the worker; the worker answers on ``reply_channel``.
+
+        ``False`` (and the client told ``server_busy``) if the worker channel is full or Redis
+        cannot be reached: nothing was queued, the client may send it again."""
         message = {"type": frame["type"], "frame": frame, "reply_channel": self.channel_name}
         message.update(self.worker_fields())
         try:
             await self.channel_layer.send(self.worker_channel, message)
+            return True
         except ChannelFull:
             log.warning("worker channel %s is full; refusing a %s frame", self.worker_channel, frame["type"])
-            client_id = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
-            await self.send_frame(
-                ProtocolError(ErrorCode.SERVER_BUSY, "the server is busy, try again shortly", client_id).frame()
-            )
+        except Exception as error:  # Redis away, restarting or failing over
+            log.warning("could not forward a %s frame (%s)", frame["type"], error)
+            fanout_for(group_layer()).layer_failed()
+        client_id = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
+        await self.send_frame(
+            ProtocolError(ErrorCode.SERVER_BUSY, "the server is busy, try again shortly", client_id).frame()
+        )
+        return False
 
     def worker_fields(self) -> dict[str, Any]:
         """What the worker needs to know about this socket besides the frame."""

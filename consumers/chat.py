@@ -24,12 +24,11 @@ class ChatConsumer(RelayConsumer):
         self.room = self.scope["url_route"]["kwargs"].get("room", protocol.DEFAULT_ROOM)
         # Join before asking for history so that nothing falls between the two;
         # a message in both is de-duplicated by id on the client.
-        await self.join_group(protocol.chat_group(self.room))
-        await self.accept()
-        await self.forward({"type": protocol.CHAT_JOIN})
+        await self.join_and_ask(protocol.chat_group(self.room), {"type": protocol.CHAT_JOIN})
 
     def worker_fields(self) -> dict[str, Any]:
         return {"room": self.room, "user": self.user_name, "user_id": self.user_id}
 
     chat_message = RelayConsumer.relay
     chat_history = RelayConsumer.relay
+    chat_position = RelayConsumer.relay

@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 
 from channels.consumer import get_handler_name
 
 log = logging.getLogger(__name__)
 
-# The core layer forgets a group member after ``group_expiry`` (1 day); a process whose
-# sockets stay open longer (a dashboard on a wall) re-joins well before that.
-GROUP_REFRESH_S = 3600
+# Redis forgets every membership when it restarts empty or fails over to a replica that had
+# not caught up, and the core layer forgets a member after ``group_expiry`` (1 day). So a
+# process re-adds all its groups after any error it sees from the layer (the first thing a
+# Redis restart causes) and, as a backstop, every GROUP_REFRESH_S.
+GROUP_REFRESH_S = 30
+RETRY_MAX_S = 2.0
 
 
 @dataclass(eq=False)
@@ -49,19 +51,29 @@ class GroupFanout:
         self.layer = channel_layer
         self.loop = loop
         self.groups: dict[str, LocalGroup] = {}
+        self.rejoin_now = asyncio.Event()
+        self.keeper: asyncio.Task | None = None
 
     async def join(self, name: str, consumer) -> None:
-        """Returns once broadcasts to ``name`` reach ``consumer``."""
+        """Returns once broadcasts to ``name`` reach ``consumer``; raises if the layer is away
+        (the socket is refused and its client retries), never waits for ever."""
         while True:
             group = self.groups.get(name)
             if group is None:
                 group = self.groups[name] = LocalGroup(name)
-                group.channel = await self.layer.new_channel()
-                await self.layer.group_add(name, group.channel)
+                try:
+                    group.channel = await self.layer.new_channel()
+                    await self.layer.group_add(name, group.channel)
+                except BaseException:
+                    # Others waiting on this group try for themselves.
+                    del self.groups[name]
+                    group.ready.set()
+                    raise
                 group.task = self.loop.create_task(self.relay_forever(group))
                 group.ready.set()
+                self.keep_memberships()
             await group.ready.wait()
-            if self.groups.get(name) is group:  # not emptied and dropped meanwhile
+            if self.groups.get(name) is group:  # not emptied, dropped or failed meanwhile
                 group.sockets.add(consumer)
                 return
 
@@ -73,17 +85,54 @@ class GroupFanout:
         if not group.sockets and group.ready.is_set():
             del self.groups[name]
             group.task.cancel()
-            await self.layer.group_discard(name, group.channel)
+            try:
+                await self.layer.group_discard(name, group.channel)
+            except Exception as error:  # Redis away: the membership expires on its own
+                log.warning("leaving %s failed: %s", name, error)
+
+    def layer_failed(self) -> None:
+        """Someone in this process saw the layer fail: Redis may have forgotten our memberships."""
+        self.rejoin_now.set()
+
+    def keep_memberships(self) -> None:
+        if self.keeper is None or self.keeper.done():
+            self.keeper = self.loop.create_task(self.rejoin_forever())
+
+    async def rejoin_forever(self) -> None:
+        """Re-add every group this process is in, after a layer error and every GROUP_REFRESH_S."""
+        failures = 0
+        while self.groups:
+            if not failures:
+                try:
+                    await asyncio.wait_for(self.rejoin_now.wait(), GROUP_REFRESH_S)
+                except TimeoutError:
+                    pass
+            self.rejoin_now.clear()
+            try:
+                for group in list(self.groups.values()):
+                    if group.task is not None:
+                        await self.layer.group_add(group.name, group.channel)
+            except Exception as error:
+                failures += 1
+                log.warning("re-joining %d group(s) failed (%s); retrying", len(self.groups), error)
+                await asyncio.sleep(min(RETRY_MAX_S, 0.1 * 2**failures))
+                continue
+            if failures:
+                log.info("re-joined %d group(s) after the channel layer came back", len(self.groups))
+            failures = 0
 
     async def relay_forever(self, group: LocalGroup) -> None:
-        joined_at = time.monotonic()
+        failures = 0
         while True:
             try:
                 message = await self.layer.receive(group.channel)
-            except Exception:  # Redis away: keep the sockets, try again
-                log.exception("receiving broadcasts for %s failed; retrying in 1 s", group.name)
-                await asyncio.sleep(1)
+            except Exception as error:  # Redis away: keep the sockets, re-join, try again
+                failures += 1
+                log.warning("receiving broadcasts for %s failed (%s); retrying", group.name, error)
+                self.layer_failed()
+                await asyncio.sleep(min(RETRY_MAX_S, 0.1 * 2**failures))
                 continue
+            failures = 0
             handler_name = get_handler_name(message)
             for consumer in list(group.sockets):
                 handler = getattr(consumer, handler_name, None)
@@ -94,9 +143,6 @@ class GroupFanout:
                     await handler(message)
                 except Exception:  # one socket's failure must not cut the others off
                     log.exception("relaying %s to a socket of %s failed", message["type"], group.name)
-            if time.monotonic() - joined_at > GROUP_REFRESH_S:
-                await self.layer.group_add(group.name, group.channel)
-                joined_at = time.monotonic()
 
 
 def fanout_for(channel_layer) -> GroupFanout:

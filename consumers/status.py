@@ -26,9 +26,7 @@ class StatusConsumer(RelayConsumer):
             return
         # Join first, then ask for the snapshot: an update that overtakes it carries
         # a seq the snapshot already covers, and the client drops it.
-        await self.join_group(protocol.STATUS_GROUP)
-        await self.accept()
-        await self.forward({"type": protocol.STATUS_JOIN})
+        await self.join_and_ask(protocol.STATUS_GROUP, {"type": protocol.STATUS_JOIN})
 
     status_snapshot = RelayConsumer.relay
     status_update = RelayConsumer.relay

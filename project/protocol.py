@@ -33,6 +33,10 @@ CLIENT_ID_MAX_CHARS = 64
 HISTORY_ON_JOIN = 50
 HISTORY_PAGE_MAX = 100
 RESUME_MAX = 500
+POSITION_EVERY_S = 2
+# Rooms with a message stored this recently get position frames (a broadcast lost longer ago
+# than this was long since recovered, or the client joined after it and got it in history).
+POSITION_WINDOW_S = 60
 
 # --- Fleet ------------------------------------------------------------------------------------
 
@@ -60,6 +64,9 @@ def chat_group(room: str) -> str:
 CHAT_MESSAGE = "chat.message"
 CHAT_HISTORY = "chat.history"
 CHAT_RESUME = "chat.resume"
+# Server -> client, every POSITION_EVERY_S to rooms with recent messages: the room's newest
+# offset, so that a client whose last offset is lower (a broadcast it never got) resumes.
+CHAT_POSITION = "chat.position"
 ERROR = "error"
 
 STATUS_SNAPSHOT = "status.snapshot"
@@ -74,6 +81,7 @@ STATUS_CLIENT_TYPES = frozenset({STATUS_RESYNC})
 
 # Worker-only message types (never seen by a client).
 CHAT_JOIN = "chat.join"
+CHAT_POSITIONS = "chat.positions"  # leading scheduler -> chat worker: announce rooms' positions
 STATUS_JOIN = "status.join"
 STATUS_TICK = "status.tick"  # leading scheduler -> a status worker, once per second, fenced
 # Reports and removals reach the status workers through a Redis stream, not a channel
@@ -91,6 +99,8 @@ STATUS_GROUP = "status"
 # (4000-4999 are the application's own) and reconnect.
 SLOW_CLIENT = "slow_client"
 CLOSE_SLOW_CLIENT = 4008
+# The server could not set the socket up (Redis away for a moment): reconnect with backoff.
+CLOSE_TRY_AGAIN = 1011
 
 
 # --- Errors -------------------------------------------------------------------------------------
@@ -167,7 +177,7 @@ def decode_client_frame(text: str | None, allowed_types: frozenset[str]) -> dict
     client_id = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
     if "type" not in frame and CHAT_MESSAGE in allowed_types and "message" in frame:
         frame["type"] = CHAT_MESSAGE
-    if frame.get("type") not in allowed_types:
+    if not isinstance(frame.get("type"), str) or frame["type"] not in allowed_types:
         raise ProtocolError(
             ErrorCode.UNKNOWN_TYPE,
             f"type must be one of: {', '.join(sorted(allowed_types))}",
@@ -221,6 +231,11 @@ def check_chat_history(frame: dict[str, Any]) -> tuple[int, int]:
     return before_id, limit
 
 
-def check_chat_resume(frame: dict[str, Any]) -> int:
-    """``after_id`` of a ``chat.resume`` request."""
-    return _check_int(frame, "after_id", 0)
+def check_chat_resume(frame: dict[str, Any]) -> tuple[str, int]:
+    """What a ``chat.resume`` resumes after: ``("offset", n)`` (``after_offset``, the room's
+    position) or ``("id", n)`` (``after_id``, for clients that predate offsets)."""
+    if "after_offset" in frame:
+        return "offset", _check_int(frame, "after_offset", 0)
+    if "after_id" in frame:
+        return "id", _check_int(frame, "after_id", 0)
+    raise ProtocolError(ErrorCode.INVALID_MESSAGE, "chat.resume needs after_offset (or after_id), an integer >= 0")

@@ -65,8 +65,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
-    "channels",
+    # Before channels: workers' runworker (workers/runner.py) replaces Channels' own.
     "workers",
+    "channels",
     "scheduler",
 ]
 

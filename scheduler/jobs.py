@@ -47,6 +47,17 @@ class StatusTick:
         )
 
 
+class ChatPositions:
+    """Asks a chat worker to tell recently active rooms their newest offset, so that a client
+    that missed a broadcast (stored, never delivered) notices within seconds and resumes."""
+
+    name = "chat-positions"
+    every_s = protocol.POSITION_EVERY_S
+
+    async def run(self, scheduler: "Scheduler", tick: Tick, token: int) -> None:
+        await scheduler.send(protocol.CHAT_WORKER, {"type": protocol.CHAT_POSITIONS})
+
+
 def default_jobs() -> list[Job]:
     # The tick goes first: it is the one whose timing clients see.
-    return [StatusTick(), Heartbeat()]
+    return [StatusTick(), Heartbeat(), ChatPositions()]

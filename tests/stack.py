@@ -188,8 +188,15 @@ class Stack:
         )
 
 
-async def recv_json(ws, timeout_s: float = 5) -> dict[str, Any]:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+async def recv_json(ws, timeout_s: float = 5, positions: bool = False) -> dict[str, Any]:
+    """The next frame, within ``timeout_s``. ``chat.position`` frames (a room's periodic
+    position, docs/protocol.md) are skipped unless ``positions``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        frame = json.loads(await asyncio.wait_for(ws.recv(), max(remaining, 0.01)))
+        if positions or frame.get("type") != "chat.position":
+            return frame
 
 
 async def recv_until(ws, frame_type: str, timeout_s: float = 5) -> dict[str, Any]:

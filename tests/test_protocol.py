@@ -64,8 +64,12 @@ def test_history_defaults_and_bounds():
 
 
 def test_resume_bounds():
-    assert protocol.check_chat_resume({"after_id": 0}) == 0
+    assert protocol.check_chat_resume({"after_id": 0}) == ("id", 0)
+    assert protocol.check_chat_resume({"after_offset": 7}) == ("offset", 7)
+    assert protocol.check_chat_resume({"after_offset": 7, "after_id": 3}) == ("offset", 7)
     assert code_of(protocol.check_chat_resume, {"after_id": 1.5}) == ErrorCode.INVALID_MESSAGE
+    assert code_of(protocol.check_chat_resume, {"after_offset": -1}) == ErrorCode.INVALID_MESSAGE
+    assert code_of(protocol.check_chat_resume, {}) == ErrorCode.INVALID_MESSAGE
 
 
 def test_relay_carries_the_encoded_frame():

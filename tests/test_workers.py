@@ -87,7 +87,7 @@ async def test_rate_limit(worker, settings):
 
 
 async def test_join_history_is_the_last_fifty_oldest_first(worker):
-    await Message.objects.abulk_create([Message(room="ops", author="bob", body=f"m{i}") for i in range(55)])
+    await Message.objects.abulk_create([Message(room="ops", offset=i + 1, author="bob", body=f"m{i}") for i in range(55)])
     await worker.send({"type": "chat.join"})
     history = await worker.reply()
     assert len(history["messages"]) == 50
@@ -97,10 +97,45 @@ async def test_join_history_is_the_last_fifty_oldest_first(worker):
 
 
 async def test_resume_is_capped_at_500_and_says_so(worker):
-    await Message.objects.abulk_create([Message(room="ops", author="bob", body=f"m{i}") for i in range(502)])
+    await Message.objects.abulk_create([Message(room="ops", offset=i + 1, author="bob", body=f"m{i}") for i in range(502)])
     first_id = (await Message.objects.order_by("id").afirst()).pk
     await worker.send({"type": "chat.resume", "after_id": first_id})
     resumed = await worker.reply()
     assert len(resumed["messages"]) == 500
     assert resumed["messages"][0]["id"] == first_id + 1
     assert resumed["truncated"] is True
+
+
+async def test_offsets_are_contiguous_per_room(worker):
+    for room, text in (("ops", "a"), ("elsewhere", "b"), ("ops", "c"), ("ops", "d")):
+        await worker.send({"type": "chat.message", "message": text}, room=room)
+    frames = [await worker.reply() for _ in range(4)]
+    assert [(f["room"], f["offset"]) for f in frames] == [("ops", 1), ("elsewhere", 1), ("ops", 2), ("ops", 3)]
+
+
+async def test_resume_after_an_offset_gives_the_rest_of_the_room_in_offset_order(worker):
+    for text in ("a", "b", "c"):
+        await worker.send({"type": "chat.message", "message": text})
+        await worker.reply()
+    await worker.send({"type": "chat.message", "message": "other room"}, room="elsewhere")
+    await worker.reply()
+
+    await worker.send({"type": "chat.resume", "after_offset": 1})
+    resumed = await worker.reply()
+
+    assert [(m["offset"], m["message"]) for m in resumed["messages"]] == [(2, "b"), (3, "c")]
+    assert (resumed["kind"], resumed["truncated"]) == ("resume", False)
+
+
+async def test_positions_go_to_rooms_with_recent_messages(worker):
+    for room in ("ops", "ops", "elsewhere"):
+        await worker.send({"type": "chat.message", "message": "x"}, room=room)
+        await worker.reply()
+
+    await worker.app.send_input({"type": "chat.positions"})
+    positions = [await worker.reply(), await worker.reply()]
+
+    assert sorted((p["type"], p["room"], p["offset"]) for p in positions) == [
+        ("chat.position", "elsewhere", 1),
+        ("chat.position", "ops", 2),
+    ]

@@ -1,4 +1,4 @@
-"""What every worker consumer shares: counting its messages and surviving a bad one."""
+"""What every worker consumer shares: counting its messages, surviving a bad one, saying when it is done."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from channels.consumer import SyncConsumer
 from channels.exceptions import StopConsumer
 
 from .metrics import handled
+from .runner import HANDLED
 
 log = logging.getLogger(__name__)
 
@@ -17,15 +18,19 @@ class WorkerConsumer(SyncConsumer):
     """A worker channel's consumer.
 
     An exception in a handler would otherwise end this consumer instance, and with it
-    any state it holds (the status feed would restart under a new epoch); it is logged
-    and the next message is served.
+    any state it holds; it is logged and the next message is served. Once a message is
+    handled, the runner (``workers/runner.py``) is told, and only then takes the next.
     """
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         handled.increment()
+        done = message.pop(HANDLED, None)
         try:
             await super().dispatch(message)
         except StopConsumer:
             raise
         except Exception:
             log.exception("worker failed on a %s message", message.get("type"))
+        finally:
+            if done is not None and not done.done():
+                done.set_result(None)

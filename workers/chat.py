@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -19,7 +20,7 @@ from project import protocol
 from project.protocol import ErrorCode, ProtocolError
 
 from .base import WorkerConsumer
-from .models import Message
+from .models import Message, Room
 from .publish import publish, reply
 from .ratelimit import retry_after_s
 
@@ -34,6 +35,18 @@ def history_frame(room: str, messages: list[Message], truncated: bool, kind: str
         "messages": [message.payload() for message in messages],
         "truncated": truncated,
     }
+
+
+def next_offset(room: str) -> int:
+    """The room's next offset, in the caller's transaction. The room's row stays locked until
+    it commits (PostgreSQL: row lock; SQLite: the write transaction), so offsets are contiguous
+    and given out in commit order however many chat workers run."""
+    Room.objects.get_or_create(name=room)
+    locked = Room.objects.select_for_update().get(name=room)
+    locked.last_offset += 1
+    locked.last_message_at = timezone.now()
+    locked.save(update_fields=["last_offset", "last_message_at"])
+    return locked.last_offset
 
 
 def message_frame(message: Message) -> dict[str, Any]:
@@ -72,9 +85,9 @@ class ChatWorker(WorkerConsumer):
 
     def chat_resume(self, message: dict[str, Any]) -> None:
         with answering_errors(message):
-            after_id = protocol.check_chat_resume(message["frame"])
+            position, after = protocol.check_chat_resume(message["frame"])
             found = list(
-                Message.objects.filter(room=message["room"], id__gt=after_id).order_by("id")[
+                Message.objects.filter(room=message["room"], **{f"{position}__gt": after}).order_by("offset")[
                     : protocol.RESUME_MAX + 1
                 ]
             )
@@ -105,7 +118,8 @@ class ChatWorker(WorkerConsumer):
             try:
                 with transaction.atomic():
                     stored = Message.objects.create(
-                        room=room, author=author, user_id=message.get("user_id"), body=text, client_id=client_id
+                        room=room, offset=next_offset(room), author=author, user_id=message.get("user_id"),
+                        body=text, client_id=client_id,
                     )
                     publish(protocol.chat_group(room), message_frame(stored))
             except IntegrityError:
@@ -113,11 +127,17 @@ class ChatWorker(WorkerConsumer):
                 original = Message.objects.get(room=room, author=author, client_id=client_id)
                 reply(message["reply_channel"], message_frame(original))
 
+    def chat_positions(self, message: dict[str, Any]) -> None:
+        """Tell every room with a recent message where it stands (``chat.position``)."""
+        since = timezone.now() - timedelta(seconds=protocol.POSITION_WINDOW_S)
+        for name, offset in Room.objects.filter(last_message_at__gte=since).values_list("name", "last_offset"):
+            publish(protocol.chat_group(name), {"type": protocol.CHAT_POSITION, "room": name, "offset": offset})
+
     def send_history(self, message: dict[str, Any], before_id: int | None, limit: int, kind: str) -> None:
         query = Message.objects.filter(room=message["room"])
         if before_id is not None:
             query = query.filter(id__lt=before_id)
-        newest_first = list(query.order_by("-id")[: limit + 1])
+        newest_first = list(query.order_by("-offset")[: limit + 1])
         truncated = len(newest_first) > limit
         oldest_first = newest_first[:limit][::-1]
         reply(message["reply_channel"], history_frame(message["room"], oldest_first, truncated, kind))

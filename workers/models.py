@@ -7,10 +7,23 @@ from django.db.models import Q
 from project.protocol import iso_utc
 
 
+class Room(models.Model):
+    """A chat room's position: the offset of its newest message, given out one at a time."""
+
+    name = models.CharField(max_length=64, unique=True)
+    last_offset = models.PositiveBigIntegerField(default=0)
+    last_message_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.last_offset}"
+
+
 class Message(models.Model):
-    """One chat message. Its id orders a room's messages and is what clients resume from."""
+    """One chat message. Its offset (1, 2, 3… per room) orders the room and is what clients
+    resume from; its id is global and kept for clients that resume by id."""
 
     room = models.CharField(max_length=64)
+    offset = models.PositiveBigIntegerField()
     author = models.CharField(max_length=150, help_text="Display name at the time of sending.")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -31,7 +44,9 @@ class Message(models.Model):
                 fields=["room", "author", "client_id"],
                 condition=Q(client_id__isnull=False),
                 name="message_client_id_once",
-            )
+            ),
+            # Offsets are contiguous per room: two workers can never give out the same one.
+            models.UniqueConstraint(fields=["room", "offset"], name="message_room_offset_once"),
         ]
 
     def __str__(self) -> str:
@@ -41,6 +56,7 @@ class Message(models.Model):
         """The message as clients see it (``chat.message`` without its ``type``)."""
         return {
             "room": self.room,
+            "offset": self.offset,
             "id": self.pk,
             "user": self.author,
             "message": self.body,

@@ -1,11 +1,14 @@
 // The chat page: one room's messages, a composer, history paging and resume.
 //
-// Messages are kept by id, so a message that arrives twice (in the join history and
-// live, or again after a resume) is shown once. Every message is sent with a client_id
-// and kept as pending until the server echoes it; after a reconnect the page resumes
-// from the highest id it has seen and resends what is still pending with the same
-// client_id, which the server stores at most once. Text is only ever set with
-// textContent: nothing a user typed is parsed as HTML.
+// Every message has an offset, 1, 2, 3… in its room. The page shows the room in offset
+// order and knows the last offset it has without a hole: a message further ahead waits
+// briefly (two workers may broadcast out of order), then the page resumes from that offset.
+// So does a chat.position frame naming an offset the page has not got (a message stored but
+// never delivered live), and every reconnect. Messages are kept by id, so one that arrives
+// twice is shown once. Every message is sent with a client_id and kept as pending until the
+// server echoes it; one not echoed within a few seconds is sent again on the open socket
+// (and after every reconnect) with the same client_id, which the server stores at most once.
+// Text is only ever set with textContent: nothing a user typed is parsed as HTML.
 
 import { Connection, showConnectionState } from "./connection.js";
 
@@ -18,9 +21,19 @@ const errorBox = document.getElementById("composer-error");
 const olderButton = document.getElementById("load-older");
 const indicator = document.querySelector("[data-connection-indicator]");
 
+// How long a message ahead of a hole waits for the hole to fill before the page resumes.
+const GAP_WAIT_MS = 500;
+// A message not echoed this long is sent again; after SLOW_AFTER attempts the page says so.
+const RESEND_AFTER_MS = 3000;
+const RESEND_MAX_MS = 10000;
+const SLOW_AFTER = 3;
+
 const shown = new Map(); // id -> <li>
-const pending = new Map(); // client_id -> {message, element}
-let highestId = 0;
+const pending = new Map(); // client_id -> {message, element, sentAt, attempts}
+const early = new Map(); // offset -> message that arrived ahead of a hole
+let lastOffset = 0; // every offset up to this one is shown
+let joined = false;
+let gapTimer = null;
 let errorTimer = null;
 
 function newClientId() {
@@ -61,15 +74,16 @@ function messageElement(message, { isPending = false } = {}) {
   body.textContent = message.message;
   item.append(meta, body);
   if (message.id) item.dataset.id = message.id;
+  if (message.offset) item.dataset.offset = message.offset;
   return item;
 }
 
-function insertInOrder(item, id) {
+function insertInOrder(item, offset) {
   // Messages usually arrive in order; walk back from the end for the rare one that doesn't.
   let next = null;
   for (let node = list.lastElementChild; node; node = node.previousElementSibling) {
-    if (!node.dataset.id) continue; // pending ones stay at the bottom
-    if (Number(node.dataset.id) < id) break;
+    if (!node.dataset.offset) continue; // pending ones stay at the bottom
+    if (Number(node.dataset.offset) < offset) break;
     next = node;
   }
   const firstPending = list.querySelector(".message.pending");
@@ -77,16 +91,52 @@ function insertInOrder(item, id) {
 }
 
 function showMessage(message) {
-  if (shown.has(message.id)) return;
   const ownPending = message.client_id && pending.get(message.client_id);
   if (ownPending && message.user === config.user) {
     ownPending.element.remove();
     pending.delete(message.client_id);
   }
+  if (shown.has(message.id)) return;
   const item = messageElement(message);
   shown.set(message.id, item);
-  insertInOrder(item, message.id);
-  highestId = Math.max(highestId, message.id);
+  insertInOrder(item, message.offset);
+}
+
+function resume() {
+  clearTimeout(gapTimer);
+  gapTimer = null;
+  connection.send({ type: "chat.resume", after_offset: lastOffset });
+}
+
+// The room has something past lastOffset that this page has not shown: give it a moment
+// to arrive on its own, then ask for it.
+function expectMore() {
+  if (gapTimer === null) gapTimer = setTimeout(resume, GAP_WAIT_MS);
+}
+
+// A message of this room, live or from a history page, in whatever order they come.
+function receive(message) {
+  if (message.offset <= lastOffset) {
+    showMessage(message); // a repeat, or an echo of our own
+    return;
+  }
+  if (message.offset > lastOffset + 1) {
+    early.set(message.offset, message);
+    expectMore();
+    return;
+  }
+  showMessage(message);
+  lastOffset = message.offset;
+  while (early.has(lastOffset + 1)) {
+    showMessage(early.get(lastOffset + 1));
+    early.delete(lastOffset + 1);
+    lastOffset += 1;
+  }
+  for (const offset of early.keys()) if (offset <= lastOffset) early.delete(offset);
+  if (early.size === 0) {
+    clearTimeout(gapTimer);
+    gapTimer = null;
+  }
 }
 
 function showError(text) {
@@ -102,11 +152,16 @@ const errorTexts = {
   rate_limited: (frame) => `You are sending too fast. Try again in ${Math.ceil(frame.retry_after)} s.`,
   message_too_long: () => `That message is too long (at most ${config.max_chars} characters).`,
   invalid_message: (frame) => frame.detail,
-  server_busy: () => "The server is busy. Your message was not sent; try again shortly.",
+  server_busy: () => "The server is busy; your message will be sent again shortly.",
 };
 
 function onError(frame) {
   const own = frame.client_id && pending.get(frame.client_id);
+  if (own && frame.code === "server_busy") {
+    own.sentAt = 0; // not stored: the resend loop tries again
+    showError(errorTexts.server_busy());
+    return;
+  }
   if (own) {
     own.element.remove();
     pending.delete(frame.client_id);
@@ -124,24 +179,50 @@ function onHistory(frame) {
     olderButton.hidden = !frame.truncated;
     return;
   }
-  keepingScroll(() => frame.messages.forEach(showMessage));
-  if (frame.kind === "join" && shown.size === frame.messages.length) olderButton.hidden = !frame.truncated;
-  if (frame.kind === "resume" && frame.truncated) {
-    connection.send({ type: "chat.resume", after_id: highestId });
+  if (frame.kind === "join" && !joined) {
+    // The page starts at the join page; older messages come with "load older".
+    joined = true;
+    lastOffset = frame.messages.length ? frame.messages[0].offset - 1 : 0;
+    olderButton.hidden = !frame.truncated;
+  }
+  keepingScroll(() => frame.messages.forEach(receive));
+  if (frame.kind === "resume" && (frame.truncated || early.size)) resume();
+}
+
+function sendPending(clientId, entry) {
+  entry.sentAt = Date.now();
+  entry.attempts += 1;
+  connection.send({ type: "chat.message", message: entry.message, client_id: clientId });
+}
+
+// Sends again, on the open socket, whatever the server has not echoed (a worker may have
+// died holding it); backs off, and tells the writer once it is taking long.
+function resendOverdue() {
+  if (!connection.isOpen) return;
+  const now = Date.now();
+  for (const [clientId, entry] of pending) {
+    const wait = Math.min(RESEND_MAX_MS, RESEND_AFTER_MS * 2 ** Math.max(0, entry.attempts - 1));
+    if (now - entry.sentAt < wait) continue;
+    sendPending(clientId, entry);
+    if (entry.attempts > SLOW_AFTER) {
+      entry.element.classList.add("failing");
+      entry.element.querySelector("time").textContent = "not delivered yet, retrying…";
+      showError("A message has not been delivered yet; it is being sent again.");
+    }
   }
 }
+setInterval(resendOverdue, 1000);
 
 const connection = new Connection(`/ws/chat/${encodeURIComponent(config.room)}/`, {
   onState: (state, detail) => showConnectionState(indicator, state, detail),
   onOpen: (isReconnect) => {
-    if (isReconnect && highestId > 0) connection.send({ type: "chat.resume", after_id: highestId });
-    for (const [clientId, { message }] of pending) {
-      connection.send({ type: "chat.message", message, client_id: clientId });
-    }
+    if (isReconnect && joined) resume();
+    for (const [clientId, entry] of pending) sendPending(clientId, entry);
   },
   onFrame: (frame) => {
-    if (frame.type === "chat.message") keepingScroll(() => showMessage(frame));
+    if (frame.type === "chat.message") keepingScroll(() => receive(frame));
     else if (frame.type === "chat.history") onHistory(frame);
+    else if (frame.type === "chat.position" && frame.offset > lastOffset) expectMore();
     else if (frame.type === "error") onError(frame);
   },
 }).start();
@@ -155,12 +236,13 @@ function send() {
   }
   const clientId = newClientId();
   const element = messageElement({ user: config.user, message }, { isPending: true });
-  pending.set(clientId, { message, element });
+  const entry = { message, element, sentAt: 0, attempts: 0 };
+  pending.set(clientId, entry);
   keepingScroll(() => list.append(element));
   scroller.scrollTop = scroller.scrollHeight;
   input.value = "";
   errorBox.hidden = true;
-  connection.send({ type: "chat.message", message, client_id: clientId }); // or on reconnect
+  sendPending(clientId, entry); // if the socket is down: on reconnect, or by resendOverdue
 }
 
 form.addEventListener("submit", (event) => {

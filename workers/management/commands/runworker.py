@@ -1,0 +1,10 @@
+"""``runworker``, as Channels' but served by :class:`workers.runner.ResilientWorker`."""
+
+from channels.management.commands import runworker
+
+from workers.runner import ResilientWorker
+
+
+class Command(runworker.Command):
+    help = "Run worker channels: reconnects to Redis by itself, one message in hand per channel, stops cleanly."
+    worker_class = ResilientWorker
