@@ -1,0 +1,143 @@
+"""A chat client that behaves as ``project/static/fleetchat/chat.js`` does, for fault tests.
+
+It reconnects with jittered backoff, resumes from the last offset it has without a hole,
+follows ``chat.position``, waits briefly for a message that arrives ahead of a hole, and sends
+again (same ``client_id``) whatever the server has not echoed within a few seconds. It records
+every message with its arrival time, so a test can say what was lost, doubled or late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from .stack import Stack
+
+GAP_WAIT_S = 0.5
+RESEND_AFTER_S = 3.0
+BACKOFF_MAX_S = 2.0
+
+
+@dataclass
+class ChatClient:
+    stack: Stack
+    session: str
+    room: str
+    name: str
+    by_offset: dict[int, dict[str, Any]] = field(default_factory=dict)
+    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, offset) of each new message
+    deliveries: int = 0  # every chat.message or history entry received, repeats included
+    last_offset: int = 0
+    joined: bool = False
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # client_id -> {text, sent_at}
+    sent: list[str] = field(default_factory=list)  # client_ids, in the order written
+    closes: list[int | None] = field(default_factory=list)
+    ws: Any = None
+
+    # --- running --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        failures = 0
+        while True:
+            try:
+                async with self.stack.connect(f"/ws/chat/{self.room}/", self.session) as ws:
+                    self.ws = ws
+                    failures = 0
+                    if self.joined:
+                        await self.resume()
+                    for client_id in list(self.pending):
+                        await self.write(client_id)
+                    await self.read(ws)
+            except ConnectionClosed as closed:
+                self.closes.append(closed.rcvd.code if closed.rcvd else None)
+            except (OSError, InvalidHandshake, InvalidStatus, asyncio.TimeoutError):
+                pass
+            self.ws = None
+            failures += 1
+            await asyncio.sleep(random.uniform(0, min(BACKOFF_MAX_S, 0.2 * 2**failures)))
+
+    async def read(self, ws) -> None:
+        gap_timer: asyncio.Task | None = None
+        async for raw in ws:
+            frame = json.loads(raw)
+            kind = frame["type"]
+            if kind == "chat.history":
+                if frame["kind"] == "join" and not self.joined:
+                    self.joined = True
+                    self.last_offset = frame["messages"][0]["offset"] - 1 if frame["messages"] else 0
+                for message in frame["messages"]:
+                    self.take(message)
+            elif kind == "chat.message":
+                self.take(frame)
+            elif kind == "error" and frame["code"] == "server_busy" and frame.get("client_id") in self.pending:
+                self.pending[frame["client_id"]]["sent_at"] = 0.0
+            if self.has_hole(frame) and (gap_timer is None or gap_timer.done()):
+                gap_timer = asyncio.create_task(self.resume_soon())
+
+    def has_hole(self, frame: dict[str, Any]) -> bool:
+        ahead = any(offset > self.last_offset for offset in self.by_offset)
+        return ahead or (frame["type"] == "chat.position" and frame["offset"] > self.last_offset)
+
+    async def resume_soon(self) -> None:
+        await asyncio.sleep(GAP_WAIT_S)
+        await self.resume()
+
+    async def resume(self) -> None:
+        if self.ws is not None:
+            await self.ws.send(json.dumps({"type": "chat.resume", "after_offset": self.last_offset}))
+
+    def take(self, message: dict[str, Any]) -> None:
+        self.deliveries += 1
+        self.pending.pop(message.get("client_id"), None) if message["user"] == self.name else None
+        if message["offset"] not in self.by_offset:
+            self.by_offset[message["offset"]] = message
+            self.arrivals.append((time.monotonic(), message["offset"]))
+        while self.last_offset + 1 in self.by_offset:
+            self.last_offset += 1
+
+    # --- sending -----------------------------------------------------------------------
+
+    async def say(self, text: str) -> None:
+        client_id = f"{self.name}-{uuid.uuid4().hex[:12]}"
+        self.pending[client_id] = {"text": text, "sent_at": 0.0}
+        self.sent.append(client_id)
+        await self.write(client_id)
+
+    async def write(self, client_id: str) -> None:
+        entry = self.pending.get(client_id)
+        if entry is None or self.ws is None:
+            return
+        entry["sent_at"] = time.monotonic()
+        try:
+            await self.ws.send(json.dumps({"type": "chat.message", "message": entry["text"], "client_id": client_id}))
+        except ConnectionClosed:
+            pass  # sent again after the reconnect
+
+    async def resend_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            for client_id, entry in list(self.pending.items()):
+                if time.monotonic() - entry["sent_at"] >= RESEND_AFTER_S:
+                    await self.write(client_id)
+
+    # --- what it saw ---------------------------------------------------------------------
+
+    def shown(self) -> list[dict[str, Any]]:
+        """The room as this client shows it: every message it has, in offset order."""
+        return [self.by_offset[offset] for offset in sorted(self.by_offset)]
+
+    def longest_gap_s(self, since: float, until: float) -> float:
+        moments = [since] + [at for at, _ in self.arrivals if since <= at <= until] + [until]
+        return max(later - earlier for earlier, later in zip(moments, moments[1:]))
+
+    def first_after(self, moment: float) -> float | None:
+        later = [at for at, _ in self.arrivals if at > moment]
+        return min(later) - moment if later else None
