@@ -12,9 +12,8 @@ import os
 import socket
 
 import redis.asyncio as redis
-from django.conf import settings
 
-from project import heartbeats
+from project import heartbeats, redis_connections
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class ConnectionCounter:
 
     async def _report_forever(self) -> None:
         """Publish the count every second while sockets are open; stop with the last one."""
-        client = redis.from_url(settings.REDIS_URL)
+        client = redis_connections.async_client(socket_timeout=2, socket_connect_timeout=1)
         try:
             while True:
                 try:

@@ -23,7 +23,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import heartbeats, protocol, reportqueue
+from . import heartbeats, protocol, redis_connections, reportqueue
 from .reports import ReportErrors, check_machine_name, check_report
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def json_error(status: int, code: str, detail: str, **extra: Any) -> JsonRespons
 def redis_client() -> redis.Redis:
     global _redis
     if _redis is None:
-        _redis = redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        _redis = redis_connections.async_client(socket_timeout=1, socket_connect_timeout=1)
     return _redis
 
 

@@ -35,8 +35,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start(data_dir: Path, port: int | None = None, log_file: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """Start a private redis-server on loopback; return the process and its URL once it answers."""
+def start(
+    data_dir: Path, port: int | None = None, log_file: Path | None = None, extra_args: list[str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start a private redis-server on loopback; return the process and its URL once it answers.
+
+    ``extra_args`` are appended (``["--replicaof", "127.0.0.1", "6390"]`` makes a replica).
+    """
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [
@@ -48,7 +53,28 @@ def start(data_dir: Path, port: int | None = None, log_file: Path | None = None)
         "--appendonly", "no",
         "--maxclients", "10000",
         "--logfile", str(log_file or data_dir / "redis.log"),
+        *(extra_args or []),
     ]
+    return command_started(command, port, data_dir)
+
+
+def start_sentinel(data_dir: Path, master_name: str, master_port: int, quorum: int, down_after_ms: int) -> tuple[subprocess.Popen, int]:
+    """Start a Redis Sentinel (the same binary, ``--sentinel``) watching a master on loopback."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "sentinel.conf"  # Sentinel rewrites its own configuration as it learns
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {data_dir}\nlogfile {data_dir / 'sentinel.log'}\n"
+        f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
+        f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+        f"sentinel failover-timeout {master_name} {down_after_ms * 5}\n"
+        f"sentinel parallel-syncs {master_name} 1\n"
+    )
+    process, _ = command_started([redis_server_binary(), str(config), "--sentinel"], port, data_dir)
+    return process, port
+
+
+def command_started(command: list[str], port: int, data_dir: Path) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

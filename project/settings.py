@@ -6,6 +6,7 @@ production (``DJANGO_DEBUG=0``) fails fast when a secret is missing.
 """
 
 from pathlib import Path
+from urllib.parse import urlparse
 import os
 
 import dj_database_url
@@ -54,6 +55,14 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 PORT = env_int("PORT", 8000)
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Redis behind Sentinel: "host:port,host:port,..." of the Sentinels and the master's name.
+# When set, every client (the channel layer's too) asks them for the master and follows a
+# failover; REDIS_URL then only gives the database number (its path, /0 by default).
+REDIS_SENTINELS = [
+    (host, int(port)) for host, _, port in (item.rpartition(":") for item in env_list("REDIS_SENTINELS", ""))
+]
+REDIS_SENTINEL_MASTER = os.environ.get("REDIS_SENTINEL_MASTER", "mymaster")
+REDIS_DB = int(urlparse(REDIS_URL).path.lstrip("/") or 0)
 ALLOW_ANONYMOUS = env_bool("ALLOW_ANONYMOUS", False)
 
 INSTALLED_APPS = [
@@ -170,20 +179,29 @@ CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 1000)
 # updates for every socket of the process (bench S1: 14,455 missed seq; 0 with 20,000).
 # Messages still expire after ``expiry``.
 PROCESS_CHANNEL_CAPACITY = env_int("PROCESS_CHANNEL_CAPACITY", 20000)
+REDIS_LAYER_HOST = {
+    "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000),
+    # redis-py 8 reads with a 5 s socket timeout by default, the same as the layer's 5 s
+    # BZPOPMIN: an idle receive then dies with TimeoutError and takes its consumer with it.
+    # Read longer than any blocking pop.
+    "socket_timeout": 15,
+    # A dead server must not hold a connect up for long: processes retry with backoff.
+    "socket_connect_timeout": 2,
+}
+if REDIS_SENTINELS:
+    REDIS_LAYER_HOST.update(
+        sentinels=REDIS_SENTINELS,
+        master_name=REDIS_SENTINEL_MASTER,
+        sentinel_kwargs={"socket_timeout": 0.5},
+        db=REDIS_DB,
+    )
+else:
+    REDIS_LAYER_HOST["address"] = REDIS_URL
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [
-                {
-                    "address": REDIS_URL,
-                    "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000),
-                    # redis-py 8 reads with a 5 s socket timeout by default, the same as the
-                    # layer's 5 s BZPOPMIN: an idle receive then dies with TimeoutError and
-                    # takes its consumer with it. Read longer than any blocking pop.
-                    "socket_timeout": 15,
-                }
-            ],
+            "hosts": [REDIS_LAYER_HOST],
             "prefix": "fleetchat",
             "capacity": CHANNEL_CAPACITY,
             "channel_capacity": {"specific.*": PROCESS_CHANNEL_CAPACITY},
@@ -203,7 +221,10 @@ GROUP_LAYER_ALIAS = "groups" if GROUP_LAYER == "pubsub" else "default"
 if GROUP_LAYER == "pubsub":
     CHANNEL_LAYERS["groups"] = {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [{"address": REDIS_URL}], "prefix": "fleetchat"},
+        "CONFIG": {
+            "hosts": [{key: value for key, value in REDIS_LAYER_HOST.items() if not key.startswith(("max_", "socket_"))}],
+            "prefix": "fleetchat",
+        },
     }
 
 # Each socket's outgoing queue (consumers/outbox.py): past either bound a status socket

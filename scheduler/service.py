@@ -22,7 +22,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from project import heartbeats, keys
+from project import heartbeats, keys, redis_connections
 
 from .clock import NS_PER_S, Tick, due_tick, next_boundary_ns
 from .jobs import Job, default_jobs
@@ -38,9 +38,8 @@ ALIVE_EVERY_S = 1.0
 
 
 class Scheduler:
-    def __init__(self, jobs: list[Job], redis_url: str, lease_ttl_ms: int, period_ns: int = NS_PER_S) -> None:
+    def __init__(self, jobs: list[Job], lease_ttl_ms: int, period_ns: int = NS_PER_S) -> None:
         self.jobs = jobs
-        self.redis_url = redis_url
         self.lease_ttl_ms = lease_ttl_ms
         # Renew six times per TTL: a leader must miss five renewals in a row to lose it.
         self.renew_every_s = lease_ttl_ms / 6000
@@ -54,7 +53,7 @@ class Scheduler:
 
     @classmethod
     def from_settings(cls) -> "Scheduler":
-        return cls(default_jobs(), settings.REDIS_URL, settings.SCHEDULER_LEASE_TTL_MS)
+        return cls(default_jobs(), settings.SCHEDULER_LEASE_TTL_MS)
 
     def run(self) -> None:
         asyncio.run(self.serve())
@@ -63,7 +62,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.handle_exit, signum)
-        self.redis = redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        self.redis = redis_connections.async_client(socket_timeout=1, socket_connect_timeout=1)
         self.lease = Lease(self.redis, self.instance, self.lease_ttl_ms)
         self.channel_layer = get_channel_layer()
         log.info("scheduler %s started with jobs: %s", self.instance, ", ".join(job.name for job in self.jobs))

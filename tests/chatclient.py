@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 import uuid
@@ -19,6 +20,8 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .stack import Stack
+
+log = logging.getLogger("faults")
 
 GAP_WAIT_S = 0.5
 RESEND_AFTER_S = 3.0
@@ -141,3 +144,73 @@ class ChatClient:
     def first_after(self, moment: float) -> float | None:
         later = [at for at, _ in self.arrivals if at > moment]
         return min(later) - moment if later else None
+
+
+# --- a conversation through a fault ------------------------------------------------------
+
+MESSAGES_EACH = 200
+RATE_PER_S = 20
+FAULT_AFTER_S = 3
+
+
+async def conversation(stack: Stack, sessions: dict[str, str], fault) -> dict:
+    """Two clients talk; ``fault(clients)`` (in a thread) strikes 3 s in. What they saw."""
+    room = f"fault-{uuid.uuid4().hex[:8]}"
+    clients = [ChatClient(stack, sessions[name], room, name) for name in ("alice", "bob")]
+    tasks = [asyncio.create_task(job()) for client in clients for job in (client.run, client.resend_forever)]
+    try:
+        async with asyncio.timeout(15):
+            while not all(client.joined for client in clients):
+                await asyncio.sleep(0.05)
+
+        async def talk(client: ChatClient) -> None:
+            for n in range(MESSAGES_EACH):
+                await client.say(f"{client.name} {n}")
+                await asyncio.sleep(1 / RATE_PER_S)
+
+        started = time.monotonic()
+        talking = asyncio.gather(*(talk(client) for client in clients))
+        await asyncio.sleep(FAULT_AFTER_S)
+        fault_at = time.monotonic()
+        await asyncio.to_thread(fault, clients)
+        await talking
+        everyone = 2 * MESSAGES_EACH
+        async with asyncio.timeout(30):
+            while not all(len(client.by_offset) >= everyone and not client.pending for client in clients):
+                await asyncio.sleep(0.1)
+        ended = time.monotonic()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    seen = {
+        "room": room,
+        "clients": clients,
+        "longest_gap_s": max(client.longest_gap_s(started, ended) for client in clients),
+        "fault_to_first_s": max(client.first_after(fault_at) for client in clients),
+        "deliveries": sum(client.deliveries for client in clients),
+        "closes": [client.closes for client in clients],
+    }
+    # The figures docs/reliability.md reports (pytest -o log_cli=true -o log_cli_level=INFO shows them).
+    log.info("%s", {key: value for key, value in seen.items() if key != "clients"})
+    return seen
+
+
+def assert_exactly_once_in_order(stack: Stack, seen: dict) -> None:
+    stored = stack.manage(
+        "shell", "-c",
+        f"from workers.models import Message; "
+        f"print(Message.objects.filter(room={seen['room']!r}).count())",
+    )
+    assert int(stored.split()[-1]) == 2 * MESSAGES_EACH, "a message was stored twice or not at all"
+    views = []
+    for client in seen["clients"]:
+        shown = client.shown()
+        assert [m["offset"] for m in shown] == list(range(1, 2 * MESSAGES_EACH + 1))
+        for sender in seen["clients"]:
+            # A message lost with a worker is sent again later, so it may land after the
+            # sender's next ones: every one once, not necessarily in the order written.
+            texts = sorted(m["message"] for m in shown if m["user"] == sender.name)
+            assert texts == sorted(f"{sender.name} {n}" for n in range(MESSAGES_EACH)), "lost or doubled"
+        views.append([(m["offset"], m["id"]) for m in shown])
+    assert views[0] == views[1], "the two clients show the room in different orders"

@@ -3,14 +3,14 @@
 Real Procfile processes (two ``worker`` processes, ``web`` with two uvicorn workers) against a
 Redis server this module owns, so that it can kill it. Two clients (``tests/chatclient.py``,
 which behave as chat.js does) each send 200 messages at 20 a second with ``client_id``s; a
-fault strikes 3 s in. Afterwards every message must be stored once and shown by both clients
-exactly once, in offset order, with nobody restarting anything by hand.
+fault strikes 3 s in (``chatclient.conversation``). Afterwards every message must be stored
+once and shown by both clients exactly once, in offset order, with nobody restarting anything
+by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import time
 import uuid
@@ -19,41 +19,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from project import embedded_redis
-
-from .chatclient import ChatClient
+from .chatclient import ChatClient, assert_exactly_once_in_order, conversation
+from .redisfarm import OwnRedis
 from .stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-log = logging.getLogger("faults")
 
-MESSAGES_EACH = 200
-RATE_PER_S = 20
-FAULT_AFTER_S = 3
 PROCESS_FAULT_MAX_GAP_S = 3.0
 REDIS_FAULT_MAX_GAP_S = 10.0
-
-
-class OwnRedis:
-    """A private redis-server on a fixed port that the test can kill and start again, empty."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = embedded_redis.free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-        self.start()
-
-    def start(self) -> None:
-        self.process, _ = embedded_redis.start(self.workdir, port=self.port)
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -77,69 +50,6 @@ def stack(tmp_path_factory, own_redis):
 @pytest.fixture(scope="module")
 def sessions(stack):
     return {name: stack.login(name) for name in ("alice", "bob")}
-
-
-async def conversation(stack: Stack, sessions: dict[str, str], fault) -> dict:
-    """Two clients talk; ``fault(clients)`` (in a thread) strikes 3 s in. What they saw."""
-    room = f"fault-{uuid.uuid4().hex[:8]}"
-    clients = [ChatClient(stack, sessions[name], room, name) for name in ("alice", "bob")]
-    tasks = [asyncio.create_task(job()) for client in clients for job in (client.run, client.resend_forever)]
-    try:
-        async with asyncio.timeout(15):
-            while not all(client.joined for client in clients):
-                await asyncio.sleep(0.05)
-
-        async def talk(client: ChatClient) -> None:
-            for n in range(MESSAGES_EACH):
-                await client.say(f"{client.name} {n}")
-                await asyncio.sleep(1 / RATE_PER_S)
-
-        started = time.monotonic()
-        talking = asyncio.gather(*(talk(client) for client in clients))
-        await asyncio.sleep(FAULT_AFTER_S)
-        fault_at = time.monotonic()
-        await asyncio.to_thread(fault, clients)
-        await talking
-        everyone = 2 * MESSAGES_EACH
-        async with asyncio.timeout(30):
-            while not all(len(client.by_offset) >= everyone and not client.pending for client in clients):
-                await asyncio.sleep(0.1)
-        ended = time.monotonic()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    seen = {
-        "room": room,
-        "clients": clients,
-        "longest_gap_s": max(client.longest_gap_s(started, ended) for client in clients),
-        "fault_to_first_s": max(client.first_after(fault_at) for client in clients),
-        "deliveries": sum(client.deliveries for client in clients),
-        "closes": [client.closes for client in clients],
-    }
-    # The figures docs/reliability.md reports (pytest -o log_cli=true -o log_cli_level=INFO shows them).
-    log.info("%s", {key: value for key, value in seen.items() if key != "clients"})
-    return seen
-
-
-def assert_exactly_once_in_order(stack: Stack, seen: dict) -> None:
-    stored = stack.manage(
-        "shell", "-c",
-        f"from workers.models import Message; "
-        f"print(Message.objects.filter(room={seen['room']!r}).count())",
-    )
-    assert int(stored.split()[-1]) == 2 * MESSAGES_EACH, "a message was stored twice or not at all"
-    views = []
-    for client in seen["clients"]:
-        shown = client.shown()
-        assert [m["offset"] for m in shown] == list(range(1, 2 * MESSAGES_EACH + 1))
-        for sender in seen["clients"]:
-            # A message lost with a worker is sent again later, so it may land after the
-            # sender's next ones: every one once, not necessarily in the order written.
-            texts = sorted(m["message"] for m in shown if m["user"] == sender.name)
-            assert texts == sorted(f"{sender.name} {n}" for n in range(MESSAGES_EACH)), "lost or doubled"
-        views.append([(m["offset"], m["id"]) for m in shown])
-    assert views[0] == views[1], "the two clients show the room in different orders"
 
 
 def serving(stack: Stack, client: ChatClient) -> psutil.Process:

@@ -28,7 +28,7 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
-from project import heartbeats, keys, protocol
+from project import heartbeats, keys, protocol, redis_connections
 from project.protocol import relay
 from project.reportqueue import ReportReader
 
@@ -73,10 +73,10 @@ class StatusWorker(WorkerConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.instance = heartbeats.instance_id()
-        self.redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=1)
+        self.redis = redis_connections.sync_client(socket_timeout=2, socket_connect_timeout=1)
         self.feed = FeedStore(self.redis)
         self.reports = ReportReader(self.redis, self.instance)
-        self.probe = SystemProbe(settings.REDIS_URL)
+        self.probe = SystemProbe()
         self.system = SystemProbe.unknown()
         # ((epoch, seq), relayed snapshot): one build per stored update, shared by every join.
         # It may miss changes applied after that update; the next update carries them.

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from project import heartbeats
+from project import heartbeats, redis_connections
 
 from .metrics import handled
 
@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class SystemProbe:
-    def __init__(self, redis_url: str) -> None:
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    def __init__(self) -> None:
+        self.redis = redis_connections.sync_client(socket_timeout=0.5, socket_connect_timeout=0.5)
 
     @staticmethod
     def unknown() -> dict[str, Any]:
