@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 from datetime import UTC, datetime
 from typing import Any
 
@@ -229,6 +230,14 @@ def check_chat_history(frame: dict[str, Any]) -> tuple[int, int]:
     limit = frame.get("limit", HISTORY_ON_JOIN)
     limit = _check_int({"limit": limit}, "limit", 1, HISTORY_PAGE_MAX)
     return before_id, limit
+
+
+def resume_offset(query_string: bytes) -> int | None:
+    """``after_offset`` of a chat socket's URL (``/ws/chat/ops/?after_offset=41``), if valid."""
+    values = parse_qs(query_string.decode("latin-1")).get("after_offset", [])
+    if len(values) == 1 and values[0].isdigit() and len(values[0]) <= 18:
+        return int(values[0])
+    return None
 
 
 def check_chat_resume(frame: dict[str, Any]) -> tuple[str, int]:

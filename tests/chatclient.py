@@ -51,11 +51,10 @@ class ChatClient:
         failures = 0
         while True:
             try:
-                async with self.stack.connect(f"/ws/chat/{self.room}/", self.session) as ws:
+                where = f"?after_offset={self.last_offset}" if self.joined else ""
+                async with self.stack.connect(f"/ws/chat/{self.room}/{where}", self.session) as ws:
                     self.ws = ws
                     failures = 0
-                    if self.joined:
-                        await self.resume()
                     for client_id in list(self.pending):
                         await self.write(client_id)
                     await self.read(ws)

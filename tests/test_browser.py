@@ -162,6 +162,34 @@ def test_web_restart_mid_conversation_loses_and_doubles_nothing(browser, stack, 
     ana.context.close(), ben.context.close()
 
 
+def test_a_message_sent_while_the_worker_is_down_is_delivered_once_when_it_returns(browser, stack, sessions):
+    """The page keeps the message pending and sends it again on the open socket (chat.js);
+    the worker stores it once however many copies wait for it. No reload, no reconnect."""
+    ana = open_page(browser, stack, sessions["ana"], "/chat/outage/")
+    ben = open_page(browser, stack, sessions["ben"], "/chat/outage/")
+    live(ana), live(ben)
+    send(ana, "before the outage")
+    wait_for_bodies(ben, ["before the outage"])
+
+    stack.stop("worker")
+    try:
+        send(ana, "sent while the worker was down")
+        ana.locator("#messages .message.pending").wait_for(timeout=2000)
+        time.sleep(4)  # past the page's first resend
+        assert "sent while the worker was down" not in bodies(ben)
+    finally:
+        stack.start("worker")
+
+    for page in (ana, ben):
+        wait_for_bodies(page, ["before the outage", "sent while the worker was down"], timeout_s=15)
+    time.sleep(4)  # any copy still on its way would show by now
+    for page in (ana, ben):
+        assert bodies(page).count("sent while the worker was down") == 1, bodies(page)
+        assert page.locator("#messages .message.pending").count() == 0
+        assert page.locator("[data-connection-indicator]").get_attribute("data-state") == "open"
+    ana.context.close(), ben.context.close()
+
+
 def test_dashboard_shows_a_reported_machine_within_two_seconds(browser, stack, sessions):
     page = open_page(browser, stack, sessions["ana"], "/dashboard/")
     live(page)

@@ -1,4 +1,4 @@
-"""Process-level behaviour: anonymous mode, clean shutdown of the scheduler."""
+"""Process-level behaviour: anonymous mode, clean shutdown of the scheduler and the worker."""
 
 from __future__ import annotations
 
@@ -58,3 +58,34 @@ def test_scheduler_exits_cleanly_on_sigint(anonymous_stack):
     anonymous_stack.start("scheduler")
     time.sleep(1.5)
     assert anonymous_stack.stop("scheduler", signal.SIGINT) == 0
+
+
+def test_scheduler_hands_its_lease_back_on_sigterm(anonymous_stack, redis_url):
+    """A deploy does not wait out the lease: the key is gone when the scheduler exits."""
+    from project import keys
+
+    anonymous_stack.start("scheduler")
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 5
+    while client.get(keys.SCHEDULER_LEASE) is None:
+        assert time.monotonic() < deadline, "the scheduler never took the lease"
+        time.sleep(0.1)
+    assert anonymous_stack.stop("scheduler", signal.SIGTERM) == 0
+    assert client.get(keys.SCHEDULER_LEASE) is None
+
+
+async def test_worker_finishes_what_it_holds_and_exits_0_on_sigterm(anonymous_stack):
+    """SIGTERM while a chat message is on its way: it is stored and answered, then the worker
+    exits 0; another worker started afterwards serves the room."""
+    async with anonymous_stack.connect("/ws/chat/deploys/") as ws:
+        await recv_until(ws, "chat.history")
+        await send_json(ws, {"message": "in flight", "client_id": "deploy-1"})
+        started = time.monotonic()
+        returncode = anonymous_stack.stop("worker", signal.SIGTERM)
+        assert (returncode, time.monotonic() - started < 5) == (0, True)
+        log = anonymous_stack.read_log("worker")
+        assert "worker stopped" in log and "Traceback" not in log
+        anonymous_stack.start("worker")
+        await send_json(ws, {"message": "in flight", "client_id": "deploy-1"})  # as chat.js resends
+        echoed = await recv_until(ws, "chat.message", timeout_s=10)
+    assert (echoed["message"], echoed["client_id"]) == ("in flight", "deploy-1")

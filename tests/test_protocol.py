@@ -65,6 +65,8 @@ def test_history_defaults_and_bounds():
 
 def test_resume_bounds():
     assert protocol.check_chat_resume({"after_id": 0}) == ("id", 0)
+    assert protocol.resume_offset(b"after_offset=41") == 41
+    assert [protocol.resume_offset(q) for q in (b"", b"after_offset=-1", b"after_offset=x", b"after_offset=1&after_offset=2")] == [None] * 4
     assert protocol.check_chat_resume({"after_offset": 7}) == ("offset", 7)
     assert protocol.check_chat_resume({"after_offset": 7, "after_id": 3}) == ("offset", 7)
     assert code_of(protocol.check_chat_resume, {"after_id": 1.5}) == ErrorCode.INVALID_MESSAGE

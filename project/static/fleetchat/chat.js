@@ -4,7 +4,7 @@
 // order and knows the last offset it has without a hole: a message further ahead waits
 // briefly (two workers may broadcast out of order), then the page resumes from that offset.
 // So does a chat.position frame naming an offset the page has not got (a message stored but
-// never delivered live), and every reconnect. Messages are kept by id, so one that arrives
+// never delivered live), and every reconnect (?after_offset= on the socket's URL). Messages are kept by id, so one that arrives
 // twice is shown once. Every message is sent with a client_id and kept as pending until the
 // server echoes it; one not echoed within a few seconds is sent again on the open socket
 // (and after every reconnect) with the same client_id, which the server stores at most once.
@@ -213,10 +213,13 @@ function resendOverdue() {
 }
 setInterval(resendOverdue, 1000);
 
-const connection = new Connection(`/ws/chat/${encodeURIComponent(config.room)}/`, {
+// Coming back, the page says where it was and is sent what it missed instead of the last page.
+const roomPath = () =>
+  `/ws/chat/${encodeURIComponent(config.room)}/` + (joined ? `?after_offset=${lastOffset}` : "");
+
+const connection = new Connection(roomPath, {
   onState: (state, detail) => showConnectionState(indicator, state, detail),
-  onOpen: (isReconnect) => {
-    if (isReconnect && joined) resume();
+  onOpen: () => {
     for (const [clientId, entry] of pending) sendPending(clientId, entry);
   },
   onFrame: (frame) => {

@@ -15,9 +15,9 @@ export function backoffDelayMs(attempt, random = Math.random) {
 }
 
 export class Connection {
+  // `path` is a string, or a function giving the path for each (re)connect.
   constructor(path, { onOpen = () => {}, onFrame = () => {}, onState = () => {} } = {}) {
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    this.url = `${scheme}//${location.host}${path}`;
+    this.path = path;
     this.onOpen = onOpen;
     this.onFrame = onFrame;
     this.onState = onState;
@@ -42,7 +42,9 @@ export class Connection {
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
     this.setState("connecting");
-    const socket = new WebSocket(this.url);
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const path = typeof this.path === "function" ? this.path() : this.path;
+    const socket = new WebSocket(`${scheme}//${location.host}${path}`);
     this.socket = socket;
     socket.addEventListener("open", () => {
       const isReconnect = this.opened;
