@@ -15,6 +15,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -146,6 +147,18 @@ class ChatClient:
 
 
 # --- a conversation through a fault ------------------------------------------------------
+
+
+def chat_stack(tmp_path_factory, redis_url: str, **env: str) -> Iterator[Stack]:
+    """The real processes with two workers, users alice and bob, no chat rate limit in the way,
+    on a Redis made for this stack alone."""
+    from .conftest import make_stack
+
+    for stack in make_stack(
+        tmp_path_factory, redis_url, instances={"worker": 2}, flush=False, CHAT_RATE_LIMIT_COUNT="10000", **env
+    ):
+        stack.create_users("alice", "bob")
+        yield stack
 
 MESSAGES_EACH = 200
 RATE_PER_S = 20

@@ -23,10 +23,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def make_stack(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, instances: dict[str, int] | None = None, **env: str
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
+    instances: dict[str, int] | None = None,
+    flush: bool = True,
+    **env: str,
 ) -> Iterator[Stack]:
-    # Stacks in one session run one after another; each starts from an empty Redis.
-    redis.Redis.from_url(redis_url).flushall()
+    # Stacks in one session run one after another; each starts from an empty Redis
+    # (``flush=False`` for a Redis the test made for this stack alone, or one behind Sentinel).
+    if flush:
+        redis.Redis.from_url(redis_url).flushall()
     stack = Stack(Path(tmp_path_factory.mktemp("stack")), redis_url, env)
     stack.start_all(instances)
     try:
@@ -41,6 +47,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     yield from make_stack(
         tmp_path_factory, redis_url, CHAT_RATE_LIMIT_COUNT="5", CHAT_RATE_LIMIT_WINDOW_S="3"
     )
+
+
+TEST_LEASE_TOKEN = 1
+
+
+def lead(client: redis.Redis, token: int) -> None:
+    """Make ``token`` the scheduler lease's, as a leading scheduler would hold it."""
+    from project import keys
+
+    client.set(keys.SCHEDULER_LEASE, f"test-holder {token}")
+
+
+@pytest.fixture
+def leading_redis(redis_url) -> Iterator[redis.Redis]:
+    """The private Redis, emptied, with a scheduler lease whose token is ``TEST_LEASE_TOKEN``."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    lead(client, TEST_LEASE_TOKEN)
+    yield client
+    client.close()
 
 
 @pytest.fixture

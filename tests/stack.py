@@ -12,7 +12,6 @@ import http.cookiejar
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys

@@ -14,12 +14,11 @@ import asyncio
 import signal
 import time
 import uuid
-from pathlib import Path
 
 import psutil
 import pytest
 
-from .chatclient import ChatClient, assert_exactly_once_in_order, conversation
+from .chatclient import ChatClient, assert_exactly_once_in_order, chat_stack, conversation
 from .redisfarm import OwnRedis
 from .stack import Stack
 
@@ -38,13 +37,7 @@ def own_redis(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, own_redis):
-    stack = Stack(Path(tmp_path_factory.mktemp("stack")), own_redis.url, {"CHAT_RATE_LIMIT_COUNT": "10000"})
-    stack.start_all({"worker": 2})
-    stack.create_users("alice", "bob")
-    try:
-        yield stack
-    finally:
-        stack.stop_all()
+    yield from chat_stack(tmp_path_factory, own_redis.url)
 
 
 @pytest.fixture(scope="module")

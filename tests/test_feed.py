@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import pytest
-import redis
 
 from project import keys
 from workers.feed import Admission, FeedStore
 
-TOKEN = 1
+from .conftest import TEST_LEASE_TOKEN, lead
 
+TOKEN = TEST_LEASE_TOKEN
 
-def lead(client: redis.Redis, token: int) -> None:
-    """Make ``token`` the scheduler lease's, as a leading scheduler would hold it."""
-    client.set(keys.SCHEDULER_LEASE, f"test-holder {token}")
 
 
 @pytest.fixture
-def client(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    client.flushall()
-    lead(client, TOKEN)
-    yield client
-    client.close()
+def client(leading_redis):
+    return leading_redis
 
 
 @pytest.fixture

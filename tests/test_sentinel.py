@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from .chatclient import assert_exactly_once_in_order, conversation
+from .chatclient import assert_exactly_once_in_order, chat_stack, conversation
 from .faults import StreamWatch
 from .redisfarm import MASTER_NAME, SentinelSet
-from .stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,18 +32,12 @@ def sentinels(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, sentinels):
-    env = {
-        "REDIS_SENTINELS": sentinels.addresses,
-        "REDIS_SENTINEL_MASTER": MASTER_NAME,
-        "CHAT_RATE_LIMIT_COUNT": "10000",
-    }
-    stack = Stack(Path(tmp_path_factory.mktemp("stack")), "redis://127.0.0.1:1/0", env)  # the URL gives db 0 only
-    stack.start_all({"worker": 2})
-    stack.create_users("alice", "bob")
-    try:
-        yield stack
-    finally:
-        stack.stop_all()
+    yield from chat_stack(
+        tmp_path_factory,
+        "redis://127.0.0.1:1/0",  # only its database number is read
+        REDIS_SENTINELS=sentinels.addresses,
+        REDIS_SENTINEL_MASTER=MASTER_NAME,
+    )
 
 
 async def test_the_service_carries_on_after_the_master_fails_over(stack, sentinels):

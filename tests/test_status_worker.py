@@ -26,17 +26,15 @@ from workers.feed import FeedStore
 from workers.models import Machine
 from workers.status import StatusWorker
 
-TOKEN = 1
+from .conftest import TEST_LEASE_TOKEN, lead
+
+TOKEN = TEST_LEASE_TOKEN
 MAX_WAITING = 100
 RECEIVE_TIMEOUT_S = 5
 NS_PER_MS = 1_000_000
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-
-def lead(client: redis.Redis, token: int) -> None:
-    """Make ``token`` the scheduler lease's, as a leading scheduler would hold it."""
-    client.set(keys.SCHEDULER_LEASE, f"test-holder {token}")
 
 
 class Harness:
@@ -91,12 +89,8 @@ class Harness:
 
 
 @pytest.fixture
-def feed_redis(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    client.flushall()
-    lead(client, TOKEN)
-    yield client
-    client.close()
+def feed_redis(leading_redis):
+    return leading_redis
 
 
 @pytest.fixture
