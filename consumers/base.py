@@ -9,9 +9,9 @@ from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.exceptions import ChannelFull, StopConsumer
-from channels.utils import await_many_dispatch
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
 from django.conf import settings
 
 from project import protocol
@@ -22,6 +22,7 @@ from .fanout import fanout_for
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
+
 
 def identify(scope: dict[str, Any], allow_anonymous: bool) -> tuple[str, int | None] | None:
     """``(display name, user id)`` of a socket, or ``None`` when it must be refused.
