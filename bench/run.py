@@ -188,7 +188,11 @@ def our_stack(redis_url: str, instances: dict[str, int] | None = None, keep_logs
     and a logged-in session; with ``keep_logs`` the work directory and its logs outlive the run."""
     stack = Stack(Path(tempfile.mkdtemp(prefix="bench-stack-")), redis_url, {
         "FLEET_TOKEN": FLEET_TOKEN, "LOG_LEVEL": "WARNING",
-        "CHAT_RATE_LIMIT_COUNT": "100000", "CHAT_RATE_LIMIT_WINDOW_S": "1", **stack_env, **env,
+        "CHAT_RATE_LIMIT_COUNT": "100000", "CHAT_RATE_LIMIT_WINDOW_S": "1",
+        # Every load client is the one user "bench": the per-user fair shares would refuse it.
+        "SOCKETS_PER_USER_MAX": "1000000", "JOINS_PER_USER_PER_S": "1000000",
+        "EDGE_MESSAGES_PER_S": "100000", "EDGE_MESSAGES_BURST": "100000", "EDGE_READS_PER_S": "100000",
+        **stack_env, **env,
     })
     if WEB_SERVERS[web_server]:
         stack.procfile["web"] = WEB_SERVERS[web_server]

@@ -19,6 +19,7 @@ from project.protocol import ErrorCode, ProtocolError
 
 from .connections import connections
 from .fanout import fanout_for
+from .limits import FrameLimits, sockets
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class RelayConsumer(EdgeConsumer):
             max_frames=settings.SOCKET_QUEUE_MAX_FRAMES,
             max_bytes=settings.SOCKET_QUEUE_MAX_BYTES,
         )
+        self.frame_limits = FrameLimits(protocol.EDGE_LIMITED, settings.EDGE_LIMITS)
 
     async def join_group(self, group: str) -> None:
         """Broadcasts to ``group`` reach this socket from the moment this returns (see fanout.py)."""
@@ -153,6 +155,7 @@ class RelayConsumer(EdgeConsumer):
         if self.group is not None:
             group, self.group = self.group, None
             await fanout_for(group_layer()).leave(group, self)
+        await sockets.release(self.channel_name)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         await self.clean_up()
@@ -161,7 +164,13 @@ class RelayConsumer(EdgeConsumer):
     async def join_and_ask(self, group: str, first_frame: dict[str, Any]) -> bool:
         """Join ``group``, accept the socket and forward ``first_frame`` (what the socket gets
         first: history, a snapshot). If the channel layer is away the socket is refused (before
-        accept) or closed with 1011 (after), and the client reconnects; ``False`` then."""
+        accept) or closed with 1011 (after), and the client reconnects; ``False`` then.
+        A user over their socket cap or join rate is closed with 4029 (consumers/limits.py)."""
+        refusal = await sockets.admit(self.scope, self.channel_name)
+        if refusal is not None:
+            await self.accept()
+            await self.close(code=protocol.CLOSE_TOO_MANY, reason=refusal)
+            return False
         try:
             await self.join_group(group)
         except Exception as error:
@@ -180,6 +189,12 @@ class RelayConsumer(EdgeConsumer):
             frame = protocol.decode_client_frame(text_data, self.client_types)
         except ProtocolError as error:
             await self.send_frame(error.frame())
+            return
+        wait_s = self.frame_limits.take(frame["type"])
+        if wait_s is not None:
+            client_id = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
+            detail = f"too many {frame['type']} frames on this socket; retry after {wait_s} s"
+            await self.send_frame(ProtocolError(ErrorCode.RATE_LIMITED, detail, client_id, retry_after=wait_s).frame())
             return
         await self.forward(frame)
 

@@ -22,6 +22,11 @@ STATUS_FEED_PENDING = PREFIX + "feed:status:pending"
 REPORTS_STREAM = PREFIX + "reports"
 REPORTS_GROUP = "status-workers"
 
+# Fair shares (consumers/limits.py): each user's open sockets (a sorted set of socket channel
+# names scored by when their entry expires) and their handshakes in the current second.
+USER_SOCKETS = PREFIX + "user-sockets:"
+USER_JOINS = PREFIX + "user-joins:"
+
 # Live instances of each process kind: a sorted set of instance ids scored by the time
 # (ms) each last said it was alive.
 INSTANCES = PREFIX + "instances:"

@@ -103,6 +103,24 @@ CLOSE_SLOW_CLIENT = 4008
 # The server could not set the socket up (Redis away for a moment): reconnect with backoff.
 CLOSE_TRY_AGAIN = 1011
 
+# --- Fair shares (consumers/limits.py) ----------------------------------------------------
+
+# Client frames limited per socket, by class; each class's burst and rate per second are
+# settings (EDGE_MESSAGES_*, EDGE_READS_*). Over it: ``rate_limited`` with ``retry_after``, and
+# the frame never reaches a worker. Stored chat messages are also limited per user and room by
+# the worker (CHAT_RATE_LIMIT_*), which counts what was stored.
+EDGE_LIMITED = {
+    CHAT_MESSAGE: "messages",
+    CHAT_HISTORY: "reads",
+    CHAT_RESUME: "reads",
+    STATUS_RESYNC: "reads",
+}
+# A handshake over the user's socket cap or join rate is accepted and closed with this code and
+# one of these reasons: back off (at least a second) before trying again.
+CLOSE_TOO_MANY = 4029
+TOO_MANY_SOCKETS = "too_many_sockets"
+TOO_MANY_JOINS = "too_many_joins"
+
 
 # --- Errors -------------------------------------------------------------------------------------
 

@@ -232,6 +232,17 @@ if GROUP_LAYER == "pubsub":
 SOCKET_QUEUE_MAX_FRAMES = max(1, env_int("SOCKET_QUEUE_MAX_FRAMES", 256))
 SOCKET_QUEUE_MAX_BYTES = max(1, env_int("SOCKET_QUEUE_MAX_BYTES", 1024 * 1024))
 
+# Fair shares (consumers/limits.py): sockets one user may hold open across every web process,
+# and handshakes one user may make per second. Guests are counted by client address.
+SOCKETS_PER_USER_MAX = max(1, env_int("SOCKETS_PER_USER_MAX", 50))
+JOINS_PER_USER_PER_S = max(1, env_int("JOINS_PER_USER_PER_S", 10))
+# Per socket, per class of client frame (project/protocol.py EDGE_LIMITED): (burst, per second).
+# Messages: a person types far slower; reads (history pages, resumes, resyncs) cost a query each.
+EDGE_LIMITS = {
+    "messages": (max(1, env_int("EDGE_MESSAGES_BURST", 20)), max(1, env_int("EDGE_MESSAGES_PER_S", 5))),
+    "reads": (max(1, env_int("EDGE_READS_BURST", 5)), max(1, env_int("EDGE_READS_PER_S", 1))),
+}
+
 # --- Chat -------------------------------------------------------------------------------
 
 CHAT_MESSAGE_MAX_CHARS = env_int("CHAT_MESSAGE_MAX_CHARS", 2000)

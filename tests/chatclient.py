@@ -155,7 +155,8 @@ def chat_stack(tmp_path_factory, redis_url: str, **env: str) -> Iterator[Stack]:
     from .conftest import make_stack
 
     for stack in make_stack(
-        tmp_path_factory, redis_url, instances={"worker": 2}, flush=False, CHAT_RATE_LIMIT_COUNT="10000", **env
+        tmp_path_factory, redis_url, instances={"worker": 2}, flush=False,
+        CHAT_RATE_LIMIT_COUNT="10000", EDGE_MESSAGES_PER_S="100", EDGE_READS_PER_S="20", **env,
     ):
         stack.create_users("alice", "bob")
         yield stack

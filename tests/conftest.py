@@ -33,6 +33,9 @@ def make_stack(
     # (``flush=False`` for a Redis the test made for this stack alone, or one behind Sentinel).
     if flush:
         redis.Redis.from_url(redis_url).flushall()
+    # Tests open sockets as one user far faster than a person does; tests/test_fair_shares.py
+    # sets the per-user join rate it tests.
+    env = {"JOINS_PER_USER_PER_S": "1000", **env}
     stack = Stack(Path(tmp_path_factory.mktemp("stack")), redis_url, env)
     stack.start_all(instances)
     try:

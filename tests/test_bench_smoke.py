@@ -26,8 +26,11 @@ SECONDS = 5
 
 @pytest.fixture(scope="module")
 def bench_stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
-    # All members log in as one user, so the per-user chat limit must allow every sender.
-    yield from make_stack(tmp_path_factory, redis_url, CHAT_RATE_LIMIT_COUNT="1000", CHAT_RATE_LIMIT_WINDOW_S="1")
+    # All members log in as one user, so the per-user limits must allow every sender and socket.
+    yield from make_stack(
+        tmp_path_factory, redis_url, CHAT_RATE_LIMIT_COUNT="1000", CHAT_RATE_LIMIT_WINDOW_S="1",
+        SOCKETS_PER_USER_MAX="100000", JOINS_PER_USER_PER_S="100000", EDGE_MESSAGES_PER_S="10000",
+    )
 
 
 @pytest.fixture(scope="module")

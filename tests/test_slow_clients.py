@@ -34,7 +34,8 @@ def stack(tmp_path_factory, redis_url):
     yield from make_stack(
         tmp_path_factory, redis_url,
         FLEET_TOKEN=TOKEN, SOCKET_QUEUE_MAX_FRAMES=str(QUEUE_FRAMES),
-        CHAT_RATE_LIMIT_COUNT="100000", CHAT_MESSAGE_MAX_CHARS="2000",
+        CHAT_RATE_LIMIT_COUNT="100000", CHAT_MESSAGE_MAX_CHARS="2000", EDGE_MESSAGES_PER_S="10000",
+        EDGE_MESSAGES_BURST="10000",
         # uvicorn drops a client that leaves its ping unanswered for 20 + 20 s; the stalled
         # clients here must outlive that to show the outbox's own bound.
         UVICORN_WS_PING_INTERVAL="300",
