@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 PORT ?= 8000
 export PORT
 
-.PHONY: install run migrate test bench demo user clean
+.PHONY: install run migrate test bench demo front user clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,16 @@ test: install
 # The standard benchmark set (bench/run.py), appended to bench/results/; BENCH_QUICK=1 for a short pass.
 bench: install
 	$(PY) bench/run.py standard $(if $(BENCH_QUICK),--quick)
+
+# nginx (Debian's package) in front of `make run`'s web process, as in production
+# (deploy/nginx/, docs/operations.md "The front proxy"): http://127.0.0.1:$(FRONT_PORT).
+FRONT_PORT ?= 8080
+front:
+	@mkdir -p var/front
+	LISTEN=127.0.0.1:$(FRONT_PORT) UPSTREAM=127.0.0.1:$(PORT) CONN_PER_ADDRESS=100 WORKER_CONNECTIONS=1024 \
+	  envsubst '$${LISTEN} $${UPSTREAM} $${CONN_PER_ADDRESS} $${WORKER_CONNECTIONS}' \
+	  < deploy/nginx/fleetchat.conf.template > var/front/front.conf
+	$$(command -v nginx || echo /usr/sbin/nginx) -p $(CURDIR)/var/front/ -c $(CURDIR)/var/front/front.conf -g 'daemon off;'
 
 user: migrate
 	$(PY) manage.py createsuperuser
