@@ -17,6 +17,7 @@ from django.conf import settings
 from project import protocol
 from project.protocol import ErrorCode, ProtocolError
 
+from . import orphans
 from .connections import connections
 from .fanout import fanout_for
 from .limits import FrameLimits, sockets
@@ -68,6 +69,8 @@ class EdgeConsumer(AsyncWebsocketConsumer):
         except StopConsumer:
             pass
         finally:
+            # Nothing receives for this socket any more: replies still on their way are dropped.
+            orphans.forget(self.channel_layer, self.channel_name)
             await self.clean_up()
 
     async def receive_from_layer(self) -> dict[str, Any]:

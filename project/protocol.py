@@ -31,6 +31,8 @@ WORKER_CHANNELS = (CHAT_WORKER, STATUS_WORKER)
 
 MAX_FRAME_BYTES = 64 * 1024
 CLIENT_ID_MAX_CHARS = 64
+# Ids and offsets are BIGINT columns: a larger number (JSON allows any) would fail the query.
+INT_FIELD_MAX = 2**63 - 1
 HISTORY_ON_JOIN = 50
 HISTORY_PAGE_MAX = 100
 RESUME_MAX = 500
@@ -185,7 +187,9 @@ def decode_client_frame(text: str | None, allowed_types: frozenset[str]) -> dict
     """
     if text is None:
         raise ProtocolError(ErrorCode.INVALID_JSON, "frames must be JSON text, not binary")
-    if len(text) > MAX_FRAME_BYTES or len(text.encode()) > MAX_FRAME_BYTES:
+    # A lone surrogate cannot come off the wire (the server checks UTF-8) but must not raise here;
+    # orjson rejects it below.
+    if len(text) > MAX_FRAME_BYTES or len(text.encode(errors="surrogatepass")) > MAX_FRAME_BYTES:
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frames are limited to {MAX_FRAME_BYTES} bytes")
     try:
         frame = orjson.loads(text)
@@ -233,12 +237,11 @@ def check_chat_message(frame: dict[str, Any], max_chars: int) -> tuple[str, str 
     return message, client_id
 
 
-def _check_int(frame: dict[str, Any], name: str, low: int, high: int | None = None) -> int:
+def _check_int(frame: dict[str, Any], name: str, low: int, high: int = INT_FIELD_MAX) -> int:
     value = frame.get(name)
     # bool is an int in Python; on the wire it is not a number.
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{name} must be an integer {bound}")
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{name} must be an integer between {low} and {high}")
     return value
 
 
@@ -253,7 +256,8 @@ def check_chat_history(frame: dict[str, Any]) -> tuple[int, int]:
 def resume_offset(query_string: bytes) -> int | None:
     """``after_offset`` of a chat socket's URL (``/ws/chat/ops/?after_offset=41``), if valid."""
     values = parse_qs(query_string.decode("latin-1")).get("after_offset", [])
-    if len(values) == 1 and values[0].isdigit() and len(values[0]) <= 18:
+    # isdigit() alone also accepts "²", which int() refuses: ASCII digits only.
+    if len(values) == 1 and values[0].isascii() and values[0].isdigit() and len(values[0]) <= 18:
         return int(values[0])
     return None
 
