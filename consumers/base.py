@@ -14,10 +14,9 @@ from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.conf import settings
 
-from project import protocol
+from project import orphans, protocol
 from project.protocol import ErrorCode, ProtocolError
 
-from . import orphans
 from .connections import connections
 from .fanout import fanout_for
 from .limits import FrameLimits, sockets
@@ -98,6 +97,8 @@ class EdgeConsumer(AsyncWebsocketConsumer):
             log.exception("%s failed on a %s message", type(self).__name__, message["type"])
             if message["type"] == "websocket.receive":
                 await self.send_frame(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server could not handle this frame").frame())
+            elif message["type"] == "websocket.connect":
+                await self.close(code=protocol.CLOSE_TRY_AGAIN)  # refused, not left waiting
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         await self.disconnect(message.get("code"))

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 from channels.consumer import get_handler_name
 
+from project import orphans
+
 log = logging.getLogger(__name__)
 
 # Redis forgets every membership when it restarts empty or fails over to a replica that had
@@ -85,6 +87,7 @@ class GroupFanout:
         if not group.sockets and group.ready.is_set():
             del self.groups[name]
             group.task.cancel()
+            orphans.forget(self.layer, group.channel)  # a broadcast already on its way
             try:
                 await self.layer.group_discard(name, group.channel)
             except Exception as error:  # Redis away: the membership expires on its own

@@ -23,7 +23,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import heartbeats, protocol, redis_connections, reportqueue
+from . import heartbeats, orphans, protocol, redis_connections, reportqueue
 from .reports import ReportErrors, check_machine_name, check_report
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,10 @@ async def ask_status_worker(message_type: str) -> dict[str, Any]:
     layer = get_channel_layer()
     reply_channel = await layer.new_channel()
     await layer.send(protocol.STATUS_WORKER, {"type": message_type, "reply_channel": reply_channel})
-    return await asyncio.wait_for(layer.receive(reply_channel), WORKER_REPLY_TIMEOUT_S)
+    try:
+        return await asyncio.wait_for(layer.receive(reply_channel), WORKER_REPLY_TIMEOUT_S)
+    finally:
+        orphans.forget(layer, reply_channel)  # a late answer must not be kept for ever
 
 
 async def status(request: HttpRequest) -> HttpResponse:

@@ -1,4 +1,4 @@
-"""Replies to closed sockets are dropped, not kept (consumers/orphans.py).
+"""Replies to closed sockets are dropped, not kept (project/orphans.py).
 
 First the mechanism, on a real channels_redis layer: a reply that reaches a closed socket's
 channel is dropped, and the channel's entry goes once no reply can come any more. Then web memory
@@ -16,7 +16,7 @@ import psutil
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from consumers import orphans
+from project import orphans
 from project import protocol
 
 from .conftest import make_stack
