@@ -21,6 +21,7 @@ from .connections import connections
 from .fanout import fanout_for
 from .limits import FrameLimits, sockets
 from .outbox import Outbox
+from .sessions import sessions
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,11 @@ class RelayConsumer(EdgeConsumer):
         self.outbox.start()
         connections.opened()
         self.counted = True
+        sessions.follow(self)
 
     async def clean_up(self) -> None:
         self.outbox.shut_down()
+        sessions.unfollow(self)
         if self.counted:
             connections.closed()
             self.counted = False
@@ -249,10 +252,24 @@ class RelayConsumer(EdgeConsumer):
         self.closing = asyncio.get_running_loop().create_task(self.close_slow_client())
 
     async def close_slow_client(self) -> None:
+        await self.close_quietly(protocol.CLOSE_SLOW_CLIENT, protocol.SLOW_CLIENT)
+
+    def close_ended_session(self) -> None:
+        """The session this socket was opened with ended (consumers/sessions.py): nothing more
+        reaches the client, which is closed with 4001 and must log in again.
+
+        The close runs in a task of its own, as for a slow client: uvicorn's ``send`` waits
+        while the client is not reading, and the caller closes many sockets in one loop."""
+        self.outbox.shut_down()
+        self.closing = asyncio.get_running_loop().create_task(
+            self.close_quietly(protocol.CLOSE_SESSION_ENDED, protocol.SESSION_ENDED)
+        )
+
+    async def close_quietly(self, code: int, reason: str) -> None:
         try:
-            await self.close(code=protocol.CLOSE_SLOW_CLIENT, reason=protocol.SLOW_CLIENT)
+            await self.close(code=code, reason=reason)
         except Exception as error:  # already gone: its disconnect cleans up
-            log.debug("closing a slow socket failed: %r", error)
+            log.debug("closing a socket with %d failed: %r", code, error)
 
 
 class RefuseConsumer(EdgeConsumer):

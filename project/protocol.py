@@ -123,6 +123,17 @@ CLOSE_TOO_MANY = 4029
 TOO_MANY_SOCKETS = "too_many_sockets"
 TOO_MANY_JOINS = "too_many_joins"
 
+# --- Sessions (consumers/sessions.py) -------------------------------------------------------
+
+# A socket whose Django session ended (logout, expiry, password change, user deactivated or
+# deleted) is closed with this code and reason. The client must not reconnect: log in again.
+CLOSE_SESSION_ENDED = 4001
+SESSION_ENDED = "session_ended"
+# Web -> every web process, on logout: ``{"type": SESSION_END, "session": <hash of the key>}``
+# to SESSIONS_GROUP, which each web process joins once.
+SESSIONS_GROUP = "sessions"
+SESSION_END = "session.ended"
+
 
 # --- Errors -------------------------------------------------------------------------------------
 

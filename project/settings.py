@@ -242,6 +242,10 @@ EDGE_LIMITS = {
     "messages": (max(1, env_int("EDGE_MESSAGES_BURST", 20)), max(1, env_int("EDGE_MESSAGES_PER_S", 5))),
     "reads": (max(1, env_int("EDGE_READS_BURST", 5)), max(1, env_int("EDGE_READS_PER_S", 1))),
 }
+# Sockets follow their session (consumers/sessions.py): a logout closes its sockets at once; each
+# web process also re-checks every session its sockets hold this often (one batched query) and
+# closes those that expired, or whose user changed password or was deactivated or deleted.
+SESSION_CHECK_EVERY_S = max(1, env_int("SESSION_CHECK_EVERY_S", 5))
 
 # --- Chat -------------------------------------------------------------------------------
 

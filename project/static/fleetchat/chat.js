@@ -218,7 +218,10 @@ const roomPath = () =>
   `/ws/chat/${encodeURIComponent(config.room)}/` + (joined ? `?after_offset=${lastOffset}` : "");
 
 const connection = new Connection(roomPath, {
-  onState: (state, detail) => showConnectionState(indicator, state, detail),
+  onState: (state, detail) => {
+    showConnectionState(indicator, state, detail);
+    if (state === "ended") input.disabled = true; // logged out: nothing typed here could be sent
+  },
   onOpen: () => {
     for (const [clientId, entry] of pending) sendPending(clientId, entry);
   },

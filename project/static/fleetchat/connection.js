@@ -5,9 +5,14 @@
 // back or the tab becomes visible again (a laptop waking up), and reports its state so
 // that pages can show it. What to do after a reconnect (resume, resync) is the page's
 // business: it gets `onOpen(isReconnect)`.
+//
+// One close does not reconnect: 4001, the login session this socket was opened with has ended
+// (logout, expiry, a password change). Coming back would be refused, so the connection stops in
+// state "ended" and the page offers to log in again.
 
 const MIN_DELAY_MS = 500;
 const MAX_DELAY_MS = 15000;
+const SESSION_ENDED = 4001;
 
 export function backoffDelayMs(attempt, random = Math.random) {
   const ceiling = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * 2 ** attempt);
@@ -62,10 +67,13 @@ export class Connection {
       }
       this.onFrame(frame);
     });
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
       if (this.socket !== socket) return;
       this.socket = null;
-      if (!this.stopped) this.scheduleRetry();
+      if (event.code === SESSION_ENDED) {
+        this.stopped = true;
+        this.setState("ended");
+      } else if (!this.stopped) this.scheduleRetry();
     });
   }
 
@@ -112,7 +120,15 @@ export function showConnectionState(element, state, { delayMs } = {}) {
     connecting: "Connecting…",
     open: "Live",
     reconnecting: `Reconnecting in ${Math.ceil((delayMs || 0) / 1000)} s…`,
+    ended: "Your session has ended.",
   };
   element.textContent = labels[state] || state;
   element.dataset.state = state;
+  if (state === "ended") {
+    // This page again: logged out, the server sends the visitor to the login form and back here.
+    const again = document.createElement("a");
+    again.href = location.pathname + location.search;
+    again.textContent = "Log in again";
+    element.append(" ", again);
+  }
 }
