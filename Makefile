@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 PORT ?= 8000
 export PORT
 
-.PHONY: install run migrate test bench demo front user clean
+.PHONY: install run migrate test bench demo front user admin clean
 
 install: $(VENV)/.installed
 
@@ -49,7 +49,12 @@ front:
 	  < deploy/nginx/fleetchat.conf.template > var/front/front.conf
 	$$(command -v nginx || echo /usr/sbin/nginx) -p $(CURDIR)/var/front/ -c $(CURDIR)/var/front/front.conf -g 'daemon off;'
 
+# An ordinary user: dashboard and chat, no /admin/ (docs/operations.md "Users").
 user: migrate
+	$(PY) manage.py createoperator
+
+# An admin, who can also read every room in /admin/: a separate, deliberate step.
+admin: migrate
 	$(PY) manage.py createsuperuser
 
 clean:

@@ -5,6 +5,7 @@ the rest of the code reads ``django.conf.settings``. Development gets safe defau
 production (``DJANGO_DEBUG=0``) fails fast when a secret is missing.
 """
 
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 import os
@@ -139,6 +140,40 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# --- Login throttling (django-axes; docs/operations.md "Login lockout") ------------------
+# Failed logins at the site's form and the admin's are counted in the database (shared by
+# every web process, kept across restarts). From its LOGIN_FAILURE_LIMIT-th failure on, a client
+# address is refused with 429 and registration/lockout.html until LOGIN_COOLOFF_S have passed
+# since its last attempt (each attempt while locked out starts the wait again). Unlock sooner
+# with ``manage.py axes_reset_ip <address>``, ``axes_reset_username <name>`` or ``axes_reset``.
+# Only the login views authenticate with a password: sockets (project/socket_auth.py) read the
+# session and the report API checks its bearer token, so a lockout never reaches either.
+INSTALLED_APPS += ["axes"]
+# Last, as axes requires: it turns the backend's refusal into the lockout page.
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out client before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    # Sockets check a session's backend against this list (project/socket_auth.py).
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = max(1, env_int("LOGIN_FAILURE_LIMIT", 5))
+AXES_COOLOFF_TIME = timedelta(seconds=max(1, env_int("LOGIN_COOLOFF_S", 900)))
+# By client address, whatever usernames it tries: that bounds guessing one account and
+# spraying a few passwords over many. Never by username alone, which would let anyone lock a
+# named operator out from anywhere. Axes counts every parameter set against the one limit, so
+# adding the (username, address) pair would change nothing. The cost: people behind one NAT
+# share a budget (raise LOGIN_FAILURE_LIMIT there).
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+# A success does not wipe the address's failures: otherwise an attacker holding one account
+# could log into it every few guesses and spray the others without limit.
+AXES_RESET_ON_SUCCESS = False
+# The address is REMOTE_ADDR, which uvicorn (--proxy-headers) takes from X-Forwarded-For only
+# when the connection comes from FORWARDED_ALLOW_IPS (default 127.0.0.1, the front proxy).
+# Axes reads it alone unless django-ipware is installed; this keeps ipware to it too.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
