@@ -98,6 +98,8 @@ class SocketRegistry:
         self.client_loop: asyncio.AbstractEventLoop | None = None
         self.sockets: dict[str, str] = {}  # channel name -> user key
         self.renewer: asyncio.Task | None = None
+        self.released: list[tuple[str, str]] = []  # (user key, channel) not yet removed in Redis
+        self.releaser: asyncio.Task | None = None
 
     def redis(self) -> redis.Redis:
         # One client per event loop (a web process has one; tests run a loop per test).
@@ -130,13 +132,27 @@ class SocketRegistry:
         return None
 
     async def release(self, channel: str) -> None:
+        """Give the socket's place back. Removals are sent in batches by one task: when a web
+        process restarts or a network blinks, thousands of sockets close in the same instant,
+        and one Redis command each at once would exhaust the client's connections."""
         user = self.sockets.pop(channel, None)
         if user is None:
             return
-        try:
-            await self.redis().zrem(keys.USER_SOCKETS + user, channel)
-        except redis.RedisError as error:  # the entry expires on its own
-            log.warning("could not release a socket's place (%s)", error)
+        self.released.append((user, channel))
+        if self.releaser is None or self.releaser.done():
+            self.releaser = asyncio.get_running_loop().create_task(self.release_batches())
+
+    async def release_batches(self) -> None:
+        await asyncio.sleep(0)  # let the sockets closing in this instant join the first batch
+        while self.released:
+            batch, self.released = self.released, []
+            try:
+                async with self.redis().pipeline(transaction=False) as pipe:
+                    for user, channel in batch:
+                        pipe.zrem(keys.USER_SOCKETS + user, channel)
+                    await pipe.execute()
+            except redis.RedisError as error:  # the entries expire on their own
+                log.warning("could not release %d socket place(s) (%s)", len(batch), error)
 
     async def renew_forever(self) -> None:
         """Keep this process's entries alive while it has sockets."""

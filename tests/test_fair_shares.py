@@ -172,3 +172,42 @@ async def test_one_users_flood_does_not_slow_another_rooms_messages(stack, sessi
              statistics.median(latencies) * 1000, p99 * 1000, max(latencies) * 1000, json.dumps(refusals))
     assert refusals["rate_limited"] > 0 and refusals["closed"] > 0, "the flood was never refused"
     assert p99 <= FLOODED_P99_MAX_S, latencies
+
+
+class TestManySocketsCloseAtOnce:
+    """A network blink or a client restart closes hundreds of one user's sockets in the same
+    instant: every place goes back, in batches, without exhausting the web process's Redis
+    connections (each close used to send its own command at once)."""
+
+    SOCKETS = 400
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def stack(cls, tmp_path_factory, redis_url):
+        yield from make_stack(tmp_path_factory, redis_url, SOCKETS_PER_USER_MAX=str(cls.SOCKETS))
+
+    async def test_every_place_goes_back(self, stack):
+        import redis as redis_sync
+
+        from project import keys
+
+        stack.create_users("wave")
+        session = stack.login("wave")
+        client = redis_sync.Redis.from_url(stack.env["REDIS_URL"])
+        places = keys.USER_SOCKETS + "user:" + stack.manage(
+            "shell", "--no-imports", "-c", "from django.contrib.auth.models import User; print(User.objects.get(username='wave').pk)"
+        ).strip()
+        try:
+            sockets = []
+            for start in range(0, self.SOCKETS, 50):
+                sockets += await asyncio.gather(*(stack.connect("/ws/status/", session) for _ in range(50)))
+            assert client.zcard(places) == self.SOCKETS, client.keys(keys.USER_SOCKETS + "*")
+
+            await asyncio.gather(*(ws.transport.abort() or asyncio.sleep(0) for ws in sockets))
+            deadline = time.monotonic() + 5
+            while client.zcard(places) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert client.zcard(places) == 0
+            assert "could not release" not in stack.read_log("web")
+        finally:
+            client.close()

@@ -13,6 +13,10 @@
 const MIN_DELAY_MS = 500;
 const MAX_DELAY_MS = 15000;
 const SESSION_ENDED = 4001;
+// 4029: over the user's share of sockets or handshakes (docs/protocol.md "Fair shares"). The share
+// frees up in seconds, not at once: every tab of the user retrying at full speed would keep it full.
+const TOO_MANY = 4029;
+const TOO_MANY_MIN_DELAY_MS = 5000;
 
 export function backoffDelayMs(attempt, random = Math.random) {
   const ceiling = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * 2 ** attempt);
@@ -73,12 +77,15 @@ export class Connection {
       if (event.code === SESSION_ENDED) {
         this.stopped = true;
         this.setState("ended");
+      } else if (event.code === TOO_MANY && !this.stopped) {
+        this.attempt = Math.max(this.attempt, 3); // the open before this close reset it
+        this.scheduleRetry(TOO_MANY_MIN_DELAY_MS);
       } else if (!this.stopped) this.scheduleRetry();
     });
   }
 
-  scheduleRetry() {
-    const delayMs = backoffDelayMs(this.attempt);
+  scheduleRetry(minDelayMs = 0) {
+    const delayMs = Math.max(minDelayMs, backoffDelayMs(this.attempt));
     this.attempt += 1;
     this.setState("reconnecting", { delayMs });
     this.retryTimer = setTimeout(() => this.connect(), delayMs);
