@@ -25,7 +25,9 @@ SOCKETS = 1000
 ROOMS = 10
 CONNECTS_PER_S = 250
 EXIT_WITHIN_S = 5
-CAUGHT_UP_WITHIN_S = 10
+# 1,000 clients reconnecting with jitter to a web process that is starting: 6 s measured alone,
+# 15 s with the two cores shared by four other suites.
+CAUGHT_UP_WITHIN_S = 25
 
 
 @pytest.fixture(scope="module")
