@@ -160,12 +160,12 @@ AUTHENTICATION_BACKENDS = [
 ]
 AXES_FAILURE_LIMIT = max(1, env_int("LOGIN_FAILURE_LIMIT", 5))
 AXES_COOLOFF_TIME = timedelta(seconds=max(1, env_int("LOGIN_COOLOFF_S", 900)))
-# By client address, whatever usernames it tries: that bounds guessing one account and
-# spraying a few passwords over many. Never by username alone, which would let anyone lock a
-# named operator out from anywhere. Axes counts every parameter set against the one limit, so
-# adding the (username, address) pair would change nothing. The cost: people behind one NAT
-# share a budget (raise LOGIN_FAILURE_LIMIT there).
-AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+# Two budgets, either of which locks out: a client address, whatever usernames it tries (bounds
+# spraying a few passwords over many accounts), and a username, from whatever addresses (bounds
+# guessing one account from a botnet). The price of the second: anyone can keep a named user from
+# logging in for LOGIN_COOLOFF_S by failing on purpose; their sessions and sockets stay open, and
+# an admin lifts it with ``axes_reset_username``. People behind one NAT share the first budget.
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
 # A success does not wipe the address's failures: otherwise an attacker holding one account
 # could log into it every few guesses and spray the others without limit.
 AXES_RESET_ON_SUCCESS = False

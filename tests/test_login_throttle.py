@@ -41,7 +41,7 @@ def stack(tmp_path_factory, redis_url):
 
 @pytest.fixture(scope="module")
 def users(stack: Stack) -> None:
-    stack.create_users("alice", "bob", "carol", "dave", "erin", "frank")
+    stack.create_users("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
     stack.manage("shell", "-c", (
         "from django.contrib.auth import get_user_model\n"
         f"get_user_model().objects.create_superuser('root', password={PASSWORD!r})"
@@ -97,15 +97,28 @@ def test_the_limit_th_failure_locks_the_address_out_even_for_the_right_password(
     assert "Try again in 15 minutes." in page
 
 
-def test_the_lockout_holds_the_address_whoever_it_tries_and_not_the_user_elsewhere(stack, users):
+def test_a_locked_out_address_is_refused_whoever_it_tries(stack, users):
     locked = Client(stack, "203.0.113.2")
     locked.fail("bob")
 
     other_user_here = Client(stack, locked.address)
-    same_user_elsewhere = Client(stack, "203.0.113.3")
+    other_user_elsewhere = Client(stack, "203.0.113.3")
 
     assert other_user_here.log_in("carol")[0] == 429 and other_user_here.session is None
-    assert same_user_elsewhere.log_in("bob")[0] == 200 and same_user_elsewhere.session is not None
+    assert other_user_elsewhere.log_in("carol")[0] == 200 and other_user_elsewhere.session is not None
+
+
+def test_a_user_guessed_at_from_many_addresses_is_locked_out_everywhere(stack, users):
+    guessers = [Client(stack, f"198.51.100.{n}") for n in range(1, LIMIT + 1)]
+    statuses = [guesser.fail("grace", times=1)[0] for guesser in guessers]
+    grace_elsewhere = Client(stack, "198.51.100.200")
+    someone_else_there = Client(stack, grace_elsewhere.address)
+
+    assert statuses == [200] * (LIMIT - 1) + [429]  # no address reached its own limit
+    assert grace_elsewhere.log_in("grace")[0] == 429 and grace_elsewhere.session is None
+    assert someone_else_there.log_in("heidi")[0] == 200  # the address itself is not locked
+    stack.manage("axes_reset_username", "grace")
+    assert grace_elsewhere.log_in("grace")[0] == 200 and grace_elsewhere.session is not None
 
 
 @pytest.mark.parametrize("command, address", [
