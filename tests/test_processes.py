@@ -39,6 +39,18 @@ async def test_allow_anonymous_gives_a_stable_guest_name_per_connection(anonymou
     assert third["user"].startswith("guest-") and third["user"] != first["user"]
 
 
+def test_a_normal_start_logs_no_warning_and_no_traceback(anonymous_stack):
+    """Run after a conversation above: start-up and ordinary traffic are quiet, so that a warning
+    in these logs means something (the worker used to open with an asgiref UserWarning)."""
+    time.sleep(2)  # a couple of ticks, heartbeats and lease renewals
+    for name in ("web", "worker", "scheduler"):
+        noisy = [
+            line for line in anonymous_stack.read_log(name).splitlines()
+            if "Warning" in line or " WARNING " in line or " ERROR " in line or "Traceback" in line
+        ]
+        assert not noisy, f"{name}:\n" + "\n".join(noisy)
+
+
 def test_scheduler_beats_and_exits_cleanly_on_sigterm(anonymous_stack, redis_url):
     client = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 5

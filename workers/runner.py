@@ -21,11 +21,21 @@ import asyncio
 import logging
 import random
 import signal
+import warnings
 from typing import Any
 
 from channels.worker import Worker
 
 log = logging.getLogger("django.channels.worker")
+
+# asgiref's StatelessServer hands each application ``send=lambda message: ...`` (a plain function
+# returning a coroutine), and Channels' SyncConsumer wraps it in ``async_to_sync``, which warns
+# once per process that the callable is not marked async. The call works; neither side is ours,
+# and our consumers send through the channel layer, never through ``send``. Only that warning
+# is silenced: one from our own code would still show.
+warnings.filterwarnings(
+    "ignore", message="async_to_sync was passed a non-async-marked callable", category=UserWarning, module="asgiref.sync"
+)
 
 # The key under which a message carries the future its consumer resolves once handled
 # (workers/base.py); never sent anywhere.

@@ -82,6 +82,7 @@ class StatusWorker(WorkerConsumer):
         # It may miss changes applied after that update; the next update carries them.
         self.snapshot: tuple[tuple[str, int], dict[str, Any]] | None = None
         start_saying_alive(self.redis, self.instance)
+        self.started_ns = time.time_ns()
 
     # --- the clock ------------------------------------------------------------------
 
@@ -89,7 +90,9 @@ class StatusWorker(WorkerConsumer):
         late_ns = time.time_ns() - message["tick_ns"]
         if late_ns > STALE_TICK_NS:
             # A backlog of ticks (worker stalled or restarted) must not burst out as updates.
-            log.warning("dropped a tick %.0f ms late", late_ns / 1e6)
+            # One queued while this process was starting is routine, not a warning.
+            routine = message["tick_ns"] < self.started_ns
+            log.log(logging.INFO if routine else logging.WARNING, "dropped a tick %.0f ms late", late_ns / 1e6)
             return
         admission = self.feed.admit(message.get("token", -1), message["tick_ns"] // 1_000_000)
         if isinstance(admission, str):
