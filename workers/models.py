@@ -1,8 +1,13 @@
 """Persistent state owned by the workers."""
 
+import hashlib
+import secrets
+
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from project.protocol import iso_utc
 
@@ -124,3 +129,51 @@ class Software(models.Model):
 
     def __str__(self) -> str:
         return f"{self.machine.name}/{self.name}"
+
+
+class AgentToken(models.Model):
+    """A named bearer token for the report API (docs/protocol.md, "Agent tokens").
+
+    Only the SHA-256 of the token is stored. A token is 256 random bits, so its hash cannot be
+    reversed or guessed, and a slow password hash (PBKDF2, argon2) would add nothing but a cost
+    paid on every report: those slow down the guessing of low-entropy passwords. A revoked
+    token is kept, so that logs can name it when it is still used and its name stays taken.
+    """
+
+    # The report API's name for FLEET_TOKEN, which is never stored here.
+    ENV_NAME = "env"
+
+    name = models.CharField(
+        max_length=64, unique=True,
+        validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z", "letters, digits, '_', '.', '-'; 1-64")],
+        help_text="Shown in logs and metrics: say who holds it and since when, e.g. rack-3-2026-06.",
+    )
+    digest = models.CharField(max_length=64, unique=True, editable=False, help_text="SHA-256 of the token, hex.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(name="env"), name="agent_token_name_is_not_env",
+                violation_error_message="'env' is FLEET_TOKEN's name: choose another.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name if self.revoked_at is None else f"{self.name} (revoked)"
+
+    @staticmethod
+    def digest_of(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def issue(self) -> str:
+        """Give this (unsaved) token its secret; the secret, which is never stored."""
+        token = secrets.token_urlsafe(32)
+        self.digest = self.digest_of(token)
+        return token
+
+    def revoke(self) -> bool:
+        """Revoke it (the report API refuses it within a second); False if it already was."""
+        return AgentToken.objects.filter(pk=self.pk, revoked_at=None).update(revoked_at=timezone.now()) == 1
