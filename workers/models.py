@@ -145,7 +145,9 @@ class AgentToken(models.Model):
 
     name = models.CharField(
         max_length=64, unique=True,
-        validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z", "letters, digits, '_', '.', '-'; 1-64")],
+        validators=[RegexValidator(
+            r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z", "a token's name is 1-64 letters, digits, '_', '.' or '-'"
+        )],
         help_text="Shown in logs and metrics: say who holds it and since when, e.g. rack-3-2026-06.",
     )
     digest = models.CharField(max_length=64, unique=True, editable=False, help_text="SHA-256 of the token, hex.")
