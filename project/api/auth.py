@@ -1,26 +1,35 @@
-"""Who may call the agent API: holders of ``FLEET_TOKEN``, compared in constant time."""
+"""Who may call the agent API: holders of a valid agent token (``tokens.py``), each by its name."""
 
 from __future__ import annotations
 
 import functools
-import hmac
+import logging
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from . import tokens
 from .errors import json_error
 
+log = logging.getLogger(__name__)
 
-def bearer_token_ok(request: HttpRequest) -> bool:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not settings.FLEET_TOKEN:
-        return False
-    return hmac.compare_digest(token.strip().encode(), settings.FLEET_TOKEN.encode())
+
+def refusal(request: HttpRequest, verdict: tokens.Verdict) -> HttpResponse:
+    """The answer to a request without a valid token. An unknown and a revoked token get the
+    same answer: only the log says which (and the name of a revoked one)."""
+    log.warning("refused %s %s: %s", request.method, request.path, verdict.refusal)
+    if verdict.unchecked:
+        return json_error(503, "server_busy", "agent tokens cannot be checked right now; retry shortly")
+    if verdict.refusal == tokens.NO_TOKEN:
+        response = json_error(401, "unauthorized", "send 'Authorization: Bearer <token>'")
+    else:
+        response = json_error(401, "unauthorized", "the token is not valid (unknown or revoked)")
+    response["WWW-Authenticate"] = 'Bearer realm="fleet"'
+    return response
 
 
 def agent_api(*methods: str):
-    """Allow only ``methods``, and only to callers holding ``FLEET_TOKEN``."""
+    """Allow only ``methods``, and only to callers holding a valid agent token."""
 
     def decorate(view):
         @csrf_exempt
@@ -30,11 +39,12 @@ def agent_api(*methods: str):
                 response = json_error(405, "method_not_allowed", f"use {', '.join(methods)}")
                 response["Allow"] = ", ".join(methods)
                 return response
-            if not bearer_token_ok(request):
-                response = json_error(401, "unauthorized", "send 'Authorization: Bearer <FLEET_TOKEN>'")
-                response["WWW-Authenticate"] = 'Bearer realm="fleet"'
-                return response
-            return await view(request, *args, **kwargs)
+            verdict = await tokens.authenticate(request)
+            if verdict.name is None:
+                return refusal(request, verdict)
+            response = await view(request, *args, **kwargs)
+            log.debug("%s %s with token %r: %d", request.method, request.path, verdict.name, response.status_code)
+            return response
 
         return guarded
 

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 RELOAD_EVERY_S = 1.0
 RELOAD_WAIT_S = 1.0
 REQUEST_ATTRIBUTE = "agent_token_name"
+NO_TOKEN = "no bearer token"
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class TokenBook:
         self.stored: tuple[KnownToken, ...] | None = None  # None until a first load succeeds
         self.attempted_at = float("-inf")  # monotonic start of the latest load
         self.reload: asyncio.Task | None = None
+        self.used: set[str] = set()  # names this process has accepted, to log each one's first use
 
     def env_tokens(self) -> tuple[KnownToken, ...]:
         if not settings.FLEET_TOKEN:
@@ -119,6 +121,9 @@ class TokenBook:
             return Verdict(refusal="unknown token")
         if match.revoked:
             return Verdict(refusal=f"revoked token {match.name!r}")
+        if match.name not in self.used:
+            self.used.add(match.name)
+            log.info("agent token %r in use (its first accepted request in this process)", match.name)
         return Verdict(name=match.name)
 
 
@@ -134,7 +139,7 @@ def bearer_token(request: HttpRequest) -> str | None:
 async def authenticate(request: HttpRequest) -> Verdict:
     """Judge the request's bearer token; an accepted one's name is then :func:`token_name`."""
     token = bearer_token(request)
-    verdict = Verdict(refusal="no bearer token") if token is None else await book.judge(token)
+    verdict = Verdict(refusal=NO_TOKEN) if token is None else await book.judge(token)
     setattr(request, REQUEST_ATTRIBUTE, verdict.name)
     return verdict
 
