@@ -14,7 +14,7 @@ from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.conf import settings
 
-from project import orphans, protocol
+from project import metrics, orphans, protocol
 from project.protocol import ErrorCode, ProtocolError
 
 from .connections import connections
@@ -99,6 +99,7 @@ class EdgeConsumer(AsyncWebsocketConsumer):
             if message["type"] == "websocket.receive":
                 await self.send_frame(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server could not handle this frame").frame())
             elif message["type"] == "websocket.connect":
+                metrics.handshake(getattr(self, "worker_channel", "none"), metrics.ERROR)
                 await self.close(code=protocol.CLOSE_TRY_AGAIN)  # refused, not left waiting
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
@@ -138,6 +139,7 @@ class RelayConsumer(EdgeConsumer):
             on_overflow=self.slow_client,
             max_frames=settings.SOCKET_QUEUE_MAX_FRAMES,
             max_bytes=settings.SOCKET_QUEUE_MAX_BYTES,
+            kind=self.worker_channel,
         )
         self.frame_limits = FrameLimits(protocol.EDGE_LIMITED, settings.EDGE_LIMITS)
 
@@ -150,6 +152,7 @@ class RelayConsumer(EdgeConsumer):
         await super().accept(subprotocol, headers)
         self.outbox.start()
         connections.opened()
+        metrics.socket_opened(self.worker_channel)
         self.counted = True
         sessions.follow(self)
 
@@ -158,6 +161,7 @@ class RelayConsumer(EdgeConsumer):
         sessions.unfollow(self)
         if self.counted:
             connections.closed()
+            metrics.socket_closed(self.worker_channel)
             self.counted = False
         if self.group is not None:
             group, self.group = self.group, None
@@ -175,6 +179,7 @@ class RelayConsumer(EdgeConsumer):
         A user over their socket cap or join rate is closed with 4029 (consumers/limits.py)."""
         refusal = await sockets.admit(self.scope, self.channel_name)
         if refusal is not None:
+            metrics.handshake(self.worker_channel, refusal)
             await self.accept()
             await self.close(code=protocol.CLOSE_TOO_MANY, reason=refusal)
             return False
@@ -183,12 +188,15 @@ class RelayConsumer(EdgeConsumer):
         except Exception as error:
             log.warning("refusing a socket: joining %s failed (%s)", group, error)
             fanout_for(group_layer()).layer_failed()
+            metrics.handshake(self.worker_channel, metrics.LAYER_UNAVAILABLE)
             await self.close()
             return False
         await self.accept()
         if not await self.forward(first_frame):
+            metrics.handshake(self.worker_channel, metrics.WORKER_UNAVAILABLE)
             await self.close(code=protocol.CLOSE_TRY_AGAIN)
             return False
+        metrics.handshake(self.worker_channel, metrics.ACCEPTED)
         return True
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -248,6 +256,7 @@ class RelayConsumer(EdgeConsumer):
         The client reconnects and resumes (chat: ``chat.resume`` from the highest id seen).
         """
         dropped = outbox.shut_down()
+        metrics.slow_client_closes.labels(self.worker_channel).inc()
         log.info("closing a slow %s socket; %d frames were waiting", type(self).__name__, dropped)
         self.closing = asyncio.get_running_loop().create_task(self.close_slow_client())
 
@@ -276,4 +285,5 @@ class RefuseConsumer(EdgeConsumer):
     """Refuses at the handshake any WebSocket path that no route serves."""
 
     async def connect(self) -> None:
+        metrics.handshake("none", metrics.NO_ROUTE)
         await self.close()

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.conf import settings
 
-from project import protocol
+from project import metrics, protocol
 
 from .base import RelayConsumer, identify
 
@@ -18,6 +18,7 @@ class ChatConsumer(RelayConsumer):
     async def connect(self) -> None:
         identity = identify(self.scope, settings.ALLOW_ANONYMOUS)
         if identity is None:
+            metrics.handshake(self.worker_channel, metrics.UNAUTHENTICATED)
             await self.close()
             return
         self.user_name, self.user_id = identity

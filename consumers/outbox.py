@@ -19,6 +19,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from project import metrics
+
 # What a queued frame may ask for once it has been written to the socket.
 AfterWrite = Callable[[], Awaitable[None]]
 
@@ -32,6 +34,7 @@ class Outbox:
         on_overflow: Callable[[Outbox], None],
         max_frames: int,
         max_bytes: int,
+        kind: str = "other",
     ) -> None:
         self.write = write
         self.on_overflow = on_overflow
@@ -42,6 +45,8 @@ class Outbox:
         self.wakeup = asyncio.Event()
         self.writer: asyncio.Task | None = None
         self.shut = False
+        # Bound once per socket: a frame costs one inc() (metrics.frames_delivered, frames_dropped).
+        self.delivered, self.dropped = metrics.frames_delivered.labels(kind), metrics.frames_dropped.labels(kind)
 
     def start(self) -> None:
         """Start writing; frames put before this (say, between joining and accepting) wait."""
@@ -63,6 +68,7 @@ class Outbox:
     def clear(self) -> int:
         """Drop every waiting frame; returns how many were dropped."""
         dropped = len(self.waiting)
+        self.dropped.inc(dropped)
         self.waiting.clear()
         self.waiting_bytes = 0
         return dropped
@@ -88,5 +94,6 @@ class Outbox:
                 log.debug("writing to a socket failed (%r); its outbox stops", error)
                 self.shut_down()
                 return
+            self.delivered.inc()
             if then is not None:
                 await then()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from project import protocol
+from project import metrics, protocol
 
 from .base import RelayConsumer, identify
 from .outbox import Outbox
@@ -22,6 +22,7 @@ class StatusConsumer(RelayConsumer):
     async def connect(self) -> None:
         # The fleet is for operators: no guests here, whatever ALLOW_ANONYMOUS says.
         if identify(self.scope, allow_anonymous=False) is None:
+            metrics.handshake(self.worker_channel, metrics.UNAUTHENTICATED)
             await self.close()
             return
         # Join first, then ask for the snapshot: an update that overtakes it carries
@@ -42,6 +43,7 @@ class StatusConsumer(RelayConsumer):
         dropped = outbox.clear() - (1 if notice_waiting else 0)  # a waiting notice is replaced
         self.dropped_since_notice += dropped
         log.info("resyncing a slow status socket; dropped %d frames", dropped)
+        metrics.slow_client_resyncs.inc()
         notice = {"type": protocol.STATUS_RESYNC, "reason": protocol.SLOW_CLIENT, "dropped": self.dropped_since_notice}
         outbox.put(protocol.encode(notice), then=self.notice_read)
 

@@ -8,7 +8,9 @@ production (``DJANGO_DEBUG=0``) fails fast when a secret is missing.
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
+import ipaddress
 import os
+import tempfile
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -304,6 +306,25 @@ SCHEDULER_LEASE_TTL_MS = max(300, env_int("SCHEDULER_LEASE_TTL_MS", 1500))
 # Reports answered 202 wait in a Redis stream until a status worker has applied them; past
 # this many waiting the API answers 503 server_busy instead of queueing more.
 REPORTS_QUEUE_MAX = max(1, env_int("REPORTS_QUEUE_MAX", 100_000))
+
+# --- Metrics (project/metrics.py; docs/operations.md "Metrics") -------------------------------
+# Web serves /metrics on its own port; each worker and scheduler process on METRICS_PORT (0: none)
+# at METRICS_BIND, so two of them on one host need two ports. Every one of these answers only
+# clients in METRICS_ALLOW_IPS (addresses or networks) and, with METRICS_TOKEN set, only those
+# that also send it as a bearer token.
+METRICS_PORT = max(0, env_int("METRICS_PORT", 0))
+METRICS_BIND = os.environ.get("METRICS_BIND", "127.0.0.1")
+try:
+    METRICS_ALLOW_IPS = [
+        ipaddress.ip_network(item, strict=False) for item in env_list("METRICS_ALLOW_IPS", "127.0.0.1,::1")
+    ]
+except ValueError as error:
+    raise ImproperlyConfigured(f"METRICS_ALLOW_IPS: {error} (use addresses or networks, e.g. 10.0.0.0/8)") from None
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# Web's processes share their numbers through files here, in a directory per uvicorn master.
+PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(
+    Path(tempfile.gettempdir()) / f"fleetchat-metrics-{os.getuid()}"
+)
 
 # --- Logging ----------------------------------------------------------------------------
 

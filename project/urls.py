@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 
 from . import api, pages, views
+from .api.metrics import metrics_view
 from .protocol import ROOM_PATTERN
 
 urlpatterns = [
@@ -11,6 +12,7 @@ urlpatterns = [
     path("dashboard/", pages.dashboard, name="dashboard"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", api.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/status", api.status, name="api-status"),
     path("api/machines/<str:name>/report", api.machine_report, name="api-machine-report"),
     path("api/machines/<str:name>", api.machine, name="api-machine"),

@@ -22,7 +22,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from project import heartbeats, keys, redis_connections
+from project import heartbeats, keys, metrics, redis_connections
 
 from .clock import NS_PER_S, Tick, due_tick, next_boundary_ns
 from .jobs import Job, default_jobs
@@ -164,6 +164,7 @@ class Scheduler:
                 return None
 
     async def on_tick(self, tick: Tick, token: int) -> None:
+        metrics.tick_sent_late(tick.tick_ns)
         for job in self.jobs:
             if (tick.tick_ns // NS_PER_S) % job.every_s:
                 continue

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from channels.consumer import SyncConsumer
 from channels.exceptions import StopConsumer
+
+from project import metrics
 
 from .metrics import handled
 from .runner import HANDLED
@@ -25,12 +28,15 @@ class WorkerConsumer(SyncConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         handled.increment()
         done = message.pop(HANDLED, None)
+        started, failed = time.perf_counter(), False
         try:
             await super().dispatch(message)
         except StopConsumer:
             raise
         except Exception:
+            failed = True
             log.exception("worker failed on a %s message", message.get("type"))
         finally:
+            metrics.worker_handled(message.get("type", ""), started, failed)
             if done is not None and not done.done():
                 done.set_result(None)

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from project import heartbeats, redis_connections
+from project import heartbeats, metrics, redis_connections
 
 from .metrics import handled
 
@@ -38,6 +38,7 @@ class SystemProbe:
             started = time.perf_counter()
             self.redis.ping()
             system["redis"]["rtt_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            metrics.redis_rtt_seconds.observe(system["redis"]["rtt_ms"] / 1000)
             keys = list(self.redis.scan_iter(match=heartbeats.WEB_CONNECTIONS_PREFIX + "*", count=100))
             counts = [int(value) for value in self.redis.mget(keys) if value is not None] if keys else []
             system["connections"] = sum(counts)

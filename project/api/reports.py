@@ -15,7 +15,7 @@ import redis.asyncio as redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from .. import protocol, reportqueue
+from .. import metrics, protocol, reportqueue
 from ..reports import ReportErrors, check_machine_name, check_report
 from .auth import agent_api
 from .connections import redis_client
@@ -36,6 +36,7 @@ async def queue_for_status_workers(kind: str, name: str, report: dict[str, Any] 
     return JsonResponse({"status": "accepted", "machine": name}, status=202)
 
 
+@metrics.answers_counted
 @agent_api("POST")
 async def machine_report(request: HttpRequest, name: str) -> HttpResponse:
     """``POST /api/machines/<name>/report``: an agent's progress report."""
@@ -53,6 +54,7 @@ async def machine_report(request: HttpRequest, name: str) -> HttpResponse:
     return await queue_for_status_workers(reportqueue.REPORT, name, report)
 
 
+@metrics.answers_counted
 @agent_api("DELETE")
 async def machine(request: HttpRequest, name: str) -> HttpResponse:
     """``DELETE /api/machines/<name>``: forget a machine (it shows in ``removed``)."""

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand
 
+from project import metrics, metrics_http
 from scheduler.service import Scheduler
 
 
@@ -7,4 +8,6 @@ class Command(BaseCommand):
     help = "Run the scheduler: per-second ticks and periodic jobs sent to worker channels."
 
     def handle(self, *args, **options) -> None:
-        Scheduler.from_settings().run()
+        scheduler = Scheduler.from_settings()
+        metrics_http.serve_port("scheduler", metrics.LeaseCollector(scheduler))  # on METRICS_PORT, if set
+        scheduler.run()
