@@ -85,6 +85,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -199,10 +200,52 @@ STORAGES = {
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SAMESITE = "Lax"
-if not DEBUG:
-    SECURE_CONTENT_TYPE_NOSNIFF = True
-    SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
-    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --- HTTPS (docs/operations.md "TLS") -------------------------------------------------------
+# In production the site is served over HTTPS only, TLS ending at the front proxy; uvicorn takes
+# the scheme from the proxy's X-Forwarded-Proto (from FORWARDED_ALLOW_IPS only). SECURE_COOKIES=0
+# is for plain-HTTP test rigs: it also turns the redirect to HTTPS and HSTS off unless set.
+SERVED_OVER_HTTPS = not DEBUG and env_bool("SECURE_COOKIES", True)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SERVED_OVER_HTTPS
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", SERVED_OVER_HTTPS)
+# Probes reach the web port over plain HTTP from the proxy or the orchestrator: never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# Sent on HTTPS answers only. Browsers then refuse plain HTTP to the host (and its subdomains)
+# for this long: lower it (e.g. 3600) for a first deployment, raise it once HTTPS is proven.
+SECURE_HSTS_SECONDS = max(0, env_int("SECURE_HSTS_SECONDS", 31_536_000 if SERVED_OVER_HTTPS else 0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+if not SECURE_HSTS_PRELOAD:
+    # Preloading is the domain owner's commitment (hstspreload.org, slow to undo), not a default:
+    # check --deploy's reminder of it (W021) stays quiet until SECURE_HSTS_PRELOAD=1.
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# "Header-Name,value" for a proxy that marks HTTPS otherwise than X-Forwarded-Proto. Django trusts
+# it from any client, so the proxy must set or strip it on every request; sockets read it too.
+proxy_ssl_header = env_list("SECURE_PROXY_SSL_HEADER", "")
+if proxy_ssl_header and len(proxy_ssl_header) != 2:
+    raise ImproperlyConfigured("SECURE_PROXY_SSL_HEADER must be 'Header-Name,value', e.g. 'X-Forwarded-Ssl,on'")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + proxy_ssl_header[0].upper().replace("-", "_"), proxy_ssl_header[1]) if proxy_ssl_header else None
+)
+# Origins other than the one a request is addressed to (scheme://host[:port]) that may open sockets
+# (project/socket_origin.py) and post forms: for a proxy that changes the Host or ends TLS unsaid.
+ALLOWED_ORIGINS = env_list("ALLOWED_ORIGINS", "")
+CSRF_TRUSTED_ORIGINS = ALLOWED_ORIGINS
+
+# Content-Security-Policy (django-csp): pages load scripts, styles, images and sockets from their
+# own origin only; no inline script or style, no eval. 'self' covers ws: and wss: to the page's own
+# host and port (CSP Level 3); tests/test_browser.py fails a test on any violation.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+INSTALLED_APPS += ["csp"]
 
 # --- Channels -------------------------------------------------------------------------
 

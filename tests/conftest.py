@@ -10,7 +10,14 @@ import redis
 
 from project import embedded_redis
 
+from . import csp
 from .stack import Stack
+
+
+@pytest.fixture(autouse=True)
+def no_csp_violations() -> Iterator[None]:
+    """A test fails if a page it opened in Chromium broke the Content-Security-Policy (tests/csp.py)."""
+    yield from csp.fail_on_violations()
 
 
 @pytest.fixture(scope="session")

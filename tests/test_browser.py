@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from . import csp
 from .conftest import make_stack
-from .stack import Stack
+from .stack import PASSWORD, Stack
 
 pytestmark = pytest.mark.browser
 
@@ -57,6 +58,7 @@ def sessions(stack: Stack) -> dict[str, str]:
 
 def open_page(browser, stack: Stack, session: str, path: str):
     context = browser.new_context(viewport={"width": 1280, "height": 860})
+    csp.watch(context)
     context.add_cookies([{"name": "sessionid", "value": session, "url": stack.base_url}])
     page = context.new_page()
     dialogs = []
@@ -123,6 +125,57 @@ def test_html_is_shown_as_text_and_never_runs(browser, stack, sessions):
     wait_for_bodies(ana, [payload])
     assert ana.dialogs == []
     ana.context.close()
+
+
+def test_the_policy_refuses_inline_script_and_the_tests_notice(browser, stack, sessions):
+    """Each page is served with the Content-Security-Policy, sockets included, and a violation
+    is caught: the one provoked here on purpose would fail this test (tests/csp.py)."""
+    page = open_page(browser, stack, sessions["ana"], "/chat/policy/")
+    live(page)  # the socket to the page's own origin: 'self' covers ws: in Chromium
+    policy = page.evaluate("fetch(location.href).then((answer) => answer.headers.get('content-security-policy'))")
+    assert "default-src 'self'" in policy and "'unsafe-inline'" not in policy
+    page.evaluate("""() => {
+        const script = document.createElement("script");
+        script.textContent = "window.inlineScriptRan = true";
+        document.body.append(script);
+        document.body.insertAdjacentHTML("beforeend", '<img src="/static/none.png" onerror="window.inlineScriptRan = true">');
+    }""")
+    deadline = time.monotonic() + 5
+    while len(csp.violations) < 2:
+        assert time.monotonic() < deadline, f"violations seen: {csp.violations}"
+        page.wait_for_timeout(100)
+    assert page.evaluate("window.inlineScriptRan === undefined")
+    assert any("script-src-elem refused inline" in seen for seen in csp.violations), csp.violations
+    assert any("script-src-attr refused inline" in seen for seen in csp.violations), csp.violations
+    csp.violations.clear()  # provoked on purpose
+    page.context.close()
+
+
+def test_the_admin_works_under_the_policy(browser, stack):
+    """The admin's own scripts (change lists, inlines, date pickers) run, and nothing of it is
+    refused: a violation fails this test."""
+    stack.manage("shell", "-c", (
+        "from django.contrib.auth import get_user_model; "
+        f"get_user_model().objects.create_superuser('root', password={PASSWORD!r})"
+    ))
+    page = open_page(browser, stack, stack.login("root"), "/admin/")
+    page.get_by_role("link", name="Messages").first.wait_for()
+
+    page.goto(stack.base_url + "/admin/auth/user/")
+    page.check("#action-toggle")  # actions.js: select every row
+    assert re.fullmatch(r"(\d+) of \1 selected", page.locator(".action-counter").inner_text())
+
+    page.goto(stack.base_url + "/admin/workers/machine/add/")
+    page.fill("#id_name", "admin-made")
+    rows = page.locator(".dynamic-software")
+    page.click(".add-row a")  # inlines.js: another Software row, and away again
+    rows.last.locator(".inline-deletelink").click()
+    page.click("#id_last_report_0 + .datetimeshortcuts a")  # DateTimeShortcuts.js: "Today"
+    page.click("#id_last_report_1 + .datetimeshortcuts a")  # and "Now"
+    assert page.input_value("#id_last_report_0") and page.input_value("#id_last_report_1")
+    page.click("input[name='_save']")
+    page.locator(".messagelist .success").wait_for(timeout=10000)
+    page.context.close()
 
 
 def test_inline_error_next_to_the_composer(browser, stack, sessions):
