@@ -32,8 +32,20 @@ demo: migrate
 	   echo 'simulator: sleep 3 && python manage.py simulate_fleet --machines 50 --url http://127.0.0.1:$(PORT)'; } > var/Procfile.demo
 	$(PY) -m project.embedded_redis honcho -f var/Procfile.demo -d . start
 
+# The whole suite on SQLite, then the tests that exercise the database again on PostgreSQL when
+# one answers (tests/pg.py; .ci/run makes sure one does): connection handling, the chat worker
+# (offsets under row locks, idempotent resends), reports and the status feed (bulk upserts), sockets
+# following their sessions, the login throttle, the processes' clean start, and the chat and status
+# paths over the real processes. The other tests reach the database only through these same paths.
+PG_TESTS ?= tests/test_database.py tests/test_workers.py tests/test_status_worker.py tests/test_socket_auth.py \
+	tests/test_session_sockets.py tests/test_login_throttle.py tests/test_processes.py \
+	tests/test_chat_integration.py tests/test_status_integration.py
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@if $(PY) -m tests.pg; then \
+	  echo "--- again on PostgreSQL: $(PG_TESTS)"; \
+	  TEST_DATABASE=postgres $(PY) -m pytest $(PG_TESTS) $(PYTEST_ARGS); \
+	else echo "--- the PostgreSQL pass is skipped: no server answered (.ci/run starts one)"; fi
 
 # The standard benchmark set (bench/run.py), appended to bench/results/; BENCH_QUICK=1 for a short pass.
 bench: install

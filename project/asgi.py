@@ -14,13 +14,14 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from consumers.routing import websocket_urlpatterns  # noqa: E402
+from project.database_connections import ClosingConnections  # noqa: E402
 from project.socket_auth import SessionUserMiddleware  # noqa: E402
 from project.socket_origin import AllowedOriginMiddleware  # noqa: E402
 from workers.routing import worker_channels  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": ClosingConnections(django_asgi_app),
         "websocket": AllowedOriginMiddleware(SessionUserMiddleware(URLRouter(websocket_urlpatterns))),
         "channel": ChannelNameRouter(worker_channels),
     }

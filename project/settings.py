@@ -113,24 +113,38 @@ TEMPLATES = [
     },
 ]
 
-# SQLite by default, in WAL mode with a busy timeout so that the worker's writes
-# and the web process's reads (sessions) do not trip over each other.
+# --- Database (docs/operations.md "The database") ------------------------------------------
+
+def database_settings(url: str, conn_max_age: int) -> dict:
+    """``DATABASES["default"]`` for a ``DATABASE_URL`` (the tests build theirs with this too)."""
+    database = dj_database_url.parse(url, conn_max_age=conn_max_age, conn_health_checks=True)
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        # WAL and a busy timeout, so that the workers' writes and the web processes' reads
+        # (sessions) do not trip over each other; IMMEDIATE takes the write lock at BEGIN.
+        database["OPTIONS"] = {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    else:
+        # A server that does not answer must fail a request or a readiness check in seconds,
+        # not hang it for the kernel's TCP timeout.
+        database.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    return database
+
+
+# Each thread that queries keeps its connection for DB_CONN_MAX_AGE seconds (0: one per
+# request or message), checked before reuse after an error (CONN_HEALTH_CHECKS), so that a
+# database restart costs one failed query at most. A web process's handshakes and session checks
+# share one thread (so one connection); its HTTP requests run in a thread each, whose connection
+# project/database_connections.py closes when the request ends. Opening a connection per WebSocket
+# handshake was a visible share of the web process's time under a reconnect wave (py-spy).
+DB_CONN_MAX_AGE = max(0, env_int("DB_CONN_MAX_AGE", 600))
 DATABASES = {
-    "default": dj_database_url.config(
-        env="DATABASE_URL",
-        default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
-        conn_max_age=600,
-        conn_health_checks=True,
+    "default": database_settings(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}", DB_CONN_MAX_AGE
     )
 }
-# Connections persist (conn_max_age): opening a new one per WebSocket handshake was a
-# visible share of the web process's time under a reconnect wave (py-spy).
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["OPTIONS"] = {
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-        "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
-    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

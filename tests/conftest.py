@@ -1,4 +1,5 @@
-"""Shared fixtures: a private Redis server per test session and the real process stack."""
+"""Shared fixtures: a private Redis server per test session, the database (tests/pg.py) and the
+real process stack."""
 
 from __future__ import annotations
 
@@ -10,8 +11,38 @@ import redis
 
 from project import embedded_redis
 
-from . import csp
+from . import csp, pg
 from .stack import Stack
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"database: {pg.backend()}" + (f" at {pg.SERVER_URL}" if pg.backend() == pg.POSTGRES else "")
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> Iterator[None]:
+    """On PostgreSQL, the ``django_db`` tests' database: a private one, created and dropped by
+    pytest-django. Django is set up before any conftest runs, so the settings are switched here,
+    before the first connection is made."""
+    if pg.backend() != pg.POSTGRES:
+        yield
+        return
+    problem = pg.server_problem()
+    if problem:
+        pytest.exit(f"TEST_DATABASE=postgres but {pg.SERVER_URL} cannot be used: {problem}", returncode=4)
+    from django.conf import settings
+    from django.db import connections
+
+    default = settings.DATABASES["default"]
+    # In place, with Django's defaults filled in again: the connection handler holds this dict.
+    default.clear()
+    default.update(pg.unit_test_database())
+    connections.configure_settings(settings.DATABASES)
+    for connection in connections.all(initialized_only=True):  # none, unless a plugin queried
+        connection.close()
+        del connections[connection.alias]
+    yield
+    pg.drop_database(default["TEST"]["NAME"])
 
 
 @pytest.fixture(autouse=True)
@@ -43,12 +74,14 @@ def make_stack(
     # Tests open sockets as one user far faster than a person does; tests/test_fair_shares.py
     # sets the per-user join rate it tests.
     env = {"JOINS_PER_USER_PER_S": "1000", **env}
-    stack = Stack(Path(tmp_path_factory.mktemp("stack")), redis_url, env)
-    stack.start_all(instances)
-    try:
-        yield stack
-    finally:
-        stack.stop_all()
+    workdir = Path(tmp_path_factory.mktemp("stack"))
+    with pg.private_database_url(workdir) as database_url:
+        stack = Stack(workdir, redis_url, {"DATABASE_URL": database_url, **env})
+        try:
+            stack.start_all(instances)
+            yield stack
+        finally:
+            stack.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 A :class:`Stack` reads ``Procfile``, runs ``release`` once, then starts ``web``,
 ``worker`` and ``scheduler`` exactly as written there, each with its own log file,
-on a free port, with a fresh SQLite database and a Redis server that only it uses.
+on a free port, with a Redis server that only it uses and a fresh database: the ``DATABASE_URL``
+given in ``env`` (``make_stack`` gives a private one, tests/pg.py), else SQLite in ``workdir``.
 """
 
 from __future__ import annotations
