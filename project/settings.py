@@ -222,8 +222,9 @@ SESSION_COOKIE_SAMESITE = "Lax"
 SERVED_OVER_HTTPS = not DEBUG and env_bool("SECURE_COOKIES", True)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SERVED_OVER_HTTPS
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", SERVED_OVER_HTTPS)
-# Probes reach the web port over plain HTTP from the proxy or the orchestrator: never redirected.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# Probes and Prometheus reach the web port over plain HTTP from the proxy, the orchestrator or the
+# private network (/metrics answers only METRICS_ALLOW_IPS): never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 # Sent on HTTPS answers only. Browsers then refuse plain HTTP to the host (and its subdomains)
 # for this long: lower it (e.g. 3600) for a first deployment, raise it once HTTPS is proven.
 SECURE_HSTS_SECONDS = max(0, env_int("SECURE_HSTS_SECONDS", 31_536_000 if SERVED_OVER_HTTPS else 0))

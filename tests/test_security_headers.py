@@ -112,3 +112,10 @@ def test_probes_answer_over_plain_http(stack, probe):
     response = get(stack, probe)
     assert response.status in (200, 503), response.status  # an answer, not a redirect
     assert response.getheader("Content-Type") == "application/json"
+
+
+@pytest.mark.integration
+def test_prometheus_scrapes_the_web_port_over_plain_http(stack):
+    response = get(stack, "/metrics")
+    assert response.status == 200, response.status
+    assert response.getheader("Content-Type").startswith("text/plain")
