@@ -4,16 +4,24 @@
   serves (a web process's HTTP requests each run in a thread of their own: project/database_connections.py).
 - On PostgreSQL, connections the server dropped are replaced before they are used
   (``CONN_HEALTH_CHECKS``): not one request, handshake or message fails.
+- Two status workers applying reports of one machine at once never roll it back to the older one.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import urllib.request
+from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 import psutil
 import psycopg
 import pytest
+from django.db import connection, transaction
+
+from project.reportqueue import REPORT, Entry
+from project.reports import check_report
 
 from . import pg
 from .stack import Stack, recv_json, send_json
@@ -87,3 +95,60 @@ async def test_connections_the_server_dropped_are_replaced_before_they_fail_anyt
     assert (answer["type"], answer.get("message")) == ("chat.message", "after"), answer
     assert get(stack, "/readyz") == 200
     assert "Traceback" not in stack.read_log("worker") + stack.read_log("web")
+
+
+# --- Two status workers at once, against the database itself ---------------------------------
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def report_entry(entry_id: str, state: str) -> Entry:
+    return Entry(entry_id, REPORT, "node-1", check_report("node-1", {"state": state, "progress": 10}))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("known", [True, False], ids=["known machine", "new machine"])
+def test_an_older_report_applied_at_the_same_time_does_not_roll_a_machine_back(known):
+    from workers import fleet
+    from workers.models import Machine
+
+    if connection.vendor == "sqlite":
+        pytest.skip("the django_db tests' SQLite is in memory with a shared cache, where a second writer fails "
+                    "at once instead of waiting; the processes' database file takes writers one at a time")
+    if known:
+        fleet.apply_entries([report_entry("1-0", "pending")], NOW)
+    newer_applied, commit_newer = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def apply_newer() -> None:
+        # A worker holding a later report of the machine, its transaction not yet committed.
+        try:
+            with transaction.atomic():
+                fleet.apply_entries([report_entry("3-0", "ready")], NOW)
+                newer_applied.set()
+                commit_newer.wait(10)
+        finally:
+            connection.close()
+
+    def apply_older() -> None:
+        # Another worker, with an earlier report (claimed from a worker that died, say).
+        newer_applied.wait(10)
+        try:
+            fleet.apply_entries([report_entry("2-0", "provisioning")], NOW)
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=apply_newer), threading.Thread(target=apply_older)]
+    for thread in threads:
+        thread.start()
+    assert newer_applied.wait(10)
+    time.sleep(1.0)  # the older one is at the database by now, waiting for the newer's locks
+    commit_newer.set()
+    for thread in threads:
+        thread.join(30)
+
+    assert not failures
+    machine = Machine.objects.get(name="node-1")
+    assert (machine.state, machine.report_id) == ("ready", "3-0")

@@ -12,6 +12,7 @@ from django.db.models import Avg, Count
 from project.protocol import MACHINE_STATES, iso_utc
 from project.reportqueue import REMOVE, REPORT, Entry, stream_order
 
+from .locks import lock_machines
 from .models import Machine, RemovedMachine, Software
 
 # Only machines still on their way can go silent; ready and failed ones have stopped
@@ -26,6 +27,8 @@ TOMBSTONE_KEEP = timedelta(hours=1)
 @transaction.atomic
 def apply_entries(entries: Iterable[Entry], now: datetime) -> None:
     """Apply queued reports and removals in stream order, in one transaction."""
+    entries = list(entries)
+    lock_machines(entry.name for entry in entries)
     for entry in entries:
         if entry.kind == REPORT:
             apply_report(entry.name, entry.report, now, entry.id)
