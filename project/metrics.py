@@ -110,6 +110,13 @@ NO_ROUTE = "no_route"  # a path no consumer serves
 # and protocol.TOO_MANY_SOCKETS, protocol.TOO_MANY_JOINS (4029)
 
 
+# Every kind shows from the start (at 0), so that rate() and the dashboards have a series to read.
+for kind in protocol.WORKER_CHANNELS:
+    for metric in (sockets_open, frames_delivered, frames_dropped, slow_client_closes):
+        metric.labels(kind)
+    handshakes.labels(kind, ACCEPTED)
+
+
 def handshake(kind: str, outcome: str) -> None:
     handshakes.labels(kind, outcome).inc()
 
@@ -127,6 +134,10 @@ def socket_closed(kind: str) -> None:
 api_answers = Counter(
     "fleetchat_api_reports", "Agent API answers by endpoint (machine_report, machine) and status code", ["endpoint", "code"]
 )
+
+
+for endpoint in ("machine_report", "machine"):
+    api_answers.labels(endpoint, "202")
 
 
 def answers_counted(view):

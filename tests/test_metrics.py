@@ -5,29 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import time
 import urllib.error
 import urllib.request
 import uuid
-from email.message import Message
 
 import psutil
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from project import embedded_redis, keys
 
+from . import scrape as prometheus
 from .conftest import make_stack
-from .stack import Stack, recv_json, send_json
+from .scrape import Samples, get, moved, value
+from .stack import ROOT, Stack, recv_json, send_json
 
 pytestmark = pytest.mark.integration
 
 METRICS_TOKEN = "metrics-test-token-7c1d"
 FLEET_TOKEN = "metrics-test-fleet-token"
-Samples = dict[tuple[str, tuple], float]
 
 
 def start_with_metrics_port(stack: Stack, name: str) -> None:
@@ -62,49 +62,16 @@ def session(stack: Stack) -> str:
     return stack.login("watcher")
 
 
-def get(url: str, token: str | None = METRICS_TOKEN, forwarded_for: str | None = None) -> tuple[int, bytes, Message]:
-    headers = {}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    if forwarded_for is not None:
-        headers["X-Forwarded-For"] = forwarded_for
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
-            return response.status, response.read(), response.headers
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), error.headers
-
-
 def port_url(stack: Stack, name: str) -> str:
     return f"http://127.0.0.1:{stack.metrics_ports[name]}/metrics"
 
 
-def scrape(url: str, timeout_s: float = 10) -> Samples:
-    """Every sample at ``url``: ``{(name, sorted labels): value}``. A process that has just
-    started may not listen yet: retried until ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            status, body, _ = get(url)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    assert status == 200, body
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
+def scrape(url: str) -> Samples:
+    return prometheus.scrape(url, METRICS_TOKEN)
 
 
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
+def scrape_until(url: str, holds, timeout_s: float = 10) -> Samples | None:
+    return prometheus.scrape_until(url, holds, METRICS_TOKEN, timeout_s)
 
 
 def wait_for(check, timeout_s: float = 10, every_s: float = 0.2) -> bool:
@@ -114,18 +81,6 @@ def wait_for(check, timeout_s: float = 10, every_s: float = 0.2) -> bool:
             return False
         time.sleep(every_s)
     return True
-
-
-def scrape_until(url: str, holds, timeout_s: float = 10) -> Samples | None:
-    """The first scrape of ``url`` for which ``holds(samples)``, or ``None`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        samples = scrape(url)
-        if holds(samples):
-            return samples
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.2)
 
 
 async def frames_until(ws, last, timeout_s: float = 5) -> int:
@@ -172,9 +127,9 @@ def test_metrics_are_refused_without_the_token_or_from_a_foreign_address(stack):
             assert (status, json.loads(body)["error"]) == (401, "unauthorized"), url
             assert headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
     # uvicorn believes X-Forwarded-For from 127.0.0.1 (the front proxy): the client is foreign.
-    status, body, _ = get(web, forwarded_for="203.0.113.9")
+    status, body, _ = get(web, METRICS_TOKEN, forwarded_for="203.0.113.9")
     assert (status, json.loads(body)["error"]) == (403, "forbidden")
-    assert get(web, forwarded_for="127.0.0.1")[0] == 200
+    assert get(web, METRICS_TOKEN, forwarded_for="127.0.0.1")[0] == 200
 
 
 # --- web --------------------------------------------------------------------------------------
@@ -323,3 +278,14 @@ def test_queue_depths_show_what_waits_for_a_stopped_worker(stack):
     drained = scrape_until(web, lambda now: value(now, "fleetchat_channel_queue_messages", channel="status") == 0
                            and value(now, "fleetchat_reports_queue_messages") == 0, timeout_s=20)
     assert drained, "the queues did not drain after the worker came back"
+
+
+def test_every_metric_the_docs_and_the_dashboard_name_is_served(stack):
+    served = {name for url in (f"{stack.base_url}/metrics", port_url(stack, "worker"), port_url(stack, "scheduler"))
+              for name, _ in scrape(url)}
+    histograms = {name.removesuffix("_count") for name in served if name.endswith("_count")}
+    named = set()
+    for doc in ("docs/operations.md", "docs/grafana-dashboard.json"):
+        named |= {re.sub(r"_(bucket|sum|count)$", "", name) for name in re.findall(r"fleetchat_[a-z_]+", (ROOT / doc).read_text())}
+    assert len(named) >= 15
+    assert named - served - histograms == set()

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from project import protocol
 
 from .conftest import make_stack
+from .scrape import scrape, value
 from .stack import Stack, recv_json, recv_until, send_json
 
 TOKEN = "slow-client-test-token"
@@ -165,6 +166,9 @@ async def test_stalled_status_client_is_resynced_and_holds_up_no_one(stack, sess
         slow = stalled_client.resume()
         notice = await recv_until(slow, protocol.STATUS_RESYNC, timeout_s=60)
         assert notice["reason"] == protocol.SLOW_CLIENT and notice["dropped"] > 0
+        counted = scrape(f"{stack.base_url}/metrics")
+        assert value(counted, "fleetchat_slow_client_resyncs_total") >= 1
+        assert value(counted, "fleetchat_frames_dropped_total", kind="status") >= notice["dropped"]
         resynced = await recv_until(slow, protocol.STATUS_SNAPSHOT, timeout_s=10)
         after = await recv_until(slow, protocol.STATUS_UPDATE, timeout_s=10)
         while after["seq"] <= resynced["seq"]:
@@ -198,6 +202,7 @@ async def test_stalled_chat_member_is_closed_with_4008_and_resumes_without_loss(
         assert closed.value.rcvd is not None, "the server did not send a close frame"
         assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (protocol.CLOSE_SLOW_CLIENT, protocol.SLOW_CLIENT)
         assert set(sent_ids) - seen, "the slow member missed nothing, so nothing was bounded"
+        assert value(scrape(f"{stack.base_url}/metrics"), "fleetchat_slow_client_closes_total", kind="chat") >= 1
 
     # Reconnect and resume from the highest id seen: every message exactly once.
     async with stack.connect(room, session) as again:
