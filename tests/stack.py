@@ -78,6 +78,8 @@ class Stack:
         """Start Procfile entry ``name`` as process ``label`` (default: the name; ``worker.2``
         for a second worker)."""
         label = label or name
+        running = self.processes.get(label)
+        assert running is None or running.poll() is not None, f"{label} is already running: stop it first"
         # exec so that signals reach the process itself, not a wrapping shell.
         with self.log(label) as log:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(

@@ -68,7 +68,10 @@ def test_scheduler_beats_and_exits_cleanly_on_sigterm(anonymous_stack, redis_url
 
 def test_scheduler_exits_cleanly_on_sigint(anonymous_stack):
     anonymous_stack.start("scheduler")
-    time.sleep(1.5)
+    deadline = time.monotonic() + 20  # Django's set-up takes seconds on a loaded host
+    while "started with jobs" not in anonymous_stack.read_log("scheduler"):
+        assert time.monotonic() < deadline, "the scheduler never started"
+        time.sleep(0.1)
     assert anonymous_stack.stop("scheduler", signal.SIGINT) == 0
 
 
