@@ -191,6 +191,18 @@ def relay(frame: dict[str, Any]) -> dict[str, str]:
 
 # --- Client frame checkers -------------------------------------------------------------------
 
+def has_nul(value: Any) -> bool:
+    """Whether decoded JSON holds a NUL character in any string: PostgreSQL cannot store one,
+    so no frame or report may carry it (SQLite would have, and the two must agree)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(key) or has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(has_nul(item) for item in value)
+    return False
+
+
 def decode_client_frame(text: str | None, allowed_types: frozenset[str]) -> dict[str, Any]:
     """Cheap checks a consumer makes before forwarding: size, JSON, an object, a known type.
 
@@ -208,6 +220,9 @@ def decode_client_frame(text: str | None, allowed_types: frozenset[str]) -> dict
         raise ProtocolError(ErrorCode.INVALID_JSON, "frame is not valid JSON") from None
     if not isinstance(frame, dict):
         raise ProtocolError(ErrorCode.INVALID_JSON, "frame must be a JSON object")
+    # A NUL reaches the text only as \u0000: the walk runs for frames that may hold one.
+    if "\\u0000" in text and has_nul(frame):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frames must not contain NUL characters (\\u0000)")
     client_id = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
     if "type" not in frame and CHAT_MESSAGE in allowed_types and "message" in frame:
         frame["type"] = CHAT_MESSAGE

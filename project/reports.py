@@ -17,6 +17,7 @@ from .protocol import (
     SOFTWARE_NAME_MAX_CHARS,
     SOFTWARE_PER_REPORT_MAX,
     SOFTWARE_STATES,
+    has_nul,
 )
 
 
@@ -58,6 +59,9 @@ def check_report(name: str, body: Any) -> dict[str, Any]:
         errors.add("name", NAME_RULE)
     if not isinstance(body, dict):
         errors.add("body", "must be a JSON object")
+        raise errors
+    if has_nul(body):
+        errors.add("body", "must not contain NUL characters (\\u0000)")
         raise errors
     unknown = sorted(set(body) - {"state", "progress", "software"})
     if unknown:

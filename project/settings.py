@@ -191,6 +191,8 @@ AXES_RESET_ON_SUCCESS = False
 # Axes reads it alone unless django-ipware is installed; this keeps ipware to it too.
 AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
 AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
+# Usernames as sent, cut to the column and without NULs (PostgreSQL refuses either).
+AXES_USERNAME_CALLABLE = "project.login_names.attempted_username"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -211,6 +213,8 @@ STORAGES = {
     },
 }
 
+# Django's database sessions, refusing a session key with a NUL (project/session_store.py).
+SESSION_ENGINE = "project.session_store"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SAMESITE = "Lax"

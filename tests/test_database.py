@@ -4,6 +4,8 @@
   serves (a web process's HTTP requests each run in a thread of their own: project/database_connections.py).
 - On PostgreSQL, connections the server dropped are replaced before they are used
   (``CONN_HEALTH_CHECKS``): not one request, handshake or message fails.
+- Text PostgreSQL cannot store (a NUL, a username longer than its column) gets the same clear
+  answer on both databases, never a 500 or an ``internal_error``.
 - Two status workers applying reports of one machine at once never roll it back to the older one.
 """
 
@@ -23,8 +25,18 @@ from django.db import connection, transaction
 from project.reportqueue import REPORT, Entry
 from project.reports import check_report
 
+from websockets.exceptions import InvalidStatus
+
 from . import pg
+from .conftest import make_stack
 from .stack import Stack, recv_json, send_json
+from .test_login_throttle import Client
+from .test_status_integration import TOKEN, report
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, redis_url):
+    yield from make_stack(tmp_path_factory, redis_url, FLEET_TOKEN=TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +107,31 @@ async def test_connections_the_server_dropped_are_replaced_before_they_fail_anyt
     assert (answer["type"], answer.get("message")) == ("chat.message", "after"), answer
     assert get(stack, "/readyz") == 200
     assert "Traceback" not in stack.read_log("worker") + stack.read_log("web")
+
+
+@pytest.mark.integration
+async def test_text_postgresql_cannot_store_gets_a_clear_answer_on_either_database(stack, session):
+    login = Client(stack, "203.0.113.50")
+    for username in ("u" * 300, "nul\x00name"):
+        status, page = login.log_in(username, "wrong-password")
+        assert (status, login.session) == (200, None) and 'name="username"' in page  # the form again
+
+    nul_cookie = '"\\000abcdefghijklmnopqrstuvwxyz0123"'  # a quoted cookie value: \000 is a NUL
+    assert get(stack, "/accounts/login/", nul_cookie) == 200
+    with pytest.raises(InvalidStatus) as refused:
+        await stack.connect("/ws/chat/lobby/", nul_cookie)
+    assert refused.value.response.status_code == 403  # no session: anonymous, as with any unknown key
+
+    async with stack.connect("/ws/chat/nul/", session) as ws:
+        assert (await recv_json(ws))["type"] == "chat.history"
+        await send_json(ws, {"type": "chat.message", "message": "a\x00b", "client_id": "nul-1"})
+        error = await recv_json(ws)
+        assert (error["type"], error["code"]) == ("error", "invalid_message"), error
+
+    status, answer = report(stack, "node-nul", {"state": "ready", "software": [
+        {"name": "pkg\x00", "state": "done", "percent": 100}]})
+    assert (status, answer["error"]) == (400, "invalid_report"), answer
+    assert "Traceback" not in stack.read_log("web") + stack.read_log("worker")
 
 
 # --- Two status workers at once, against the database itself ---------------------------------
