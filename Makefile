@@ -34,11 +34,10 @@ demo: migrate
 
 # The whole suite on SQLite, then the tests that exercise the database again on PostgreSQL when
 # one answers (tests/pg.py; .ci/run makes sure one does): connection handling, the chat worker
-# (offsets under row locks, idempotent resends), reports and the status feed (bulk upserts), sockets
-# following their sessions, the login throttle, the processes' clean start, and the chat and status
-# paths over the real processes. The other tests reach the database only through these same paths.
+# (offsets under row locks, idempotent resends), reports and the status feed (bulk upserts),
+# sessions, and the chat and status paths over the real processes. The other tests reach the
+# database only through these same paths; running them all twice would double a 7-minute suite.
 PG_TESTS ?= tests/test_database.py tests/test_workers.py tests/test_status_worker.py tests/test_socket_auth.py \
-	tests/test_session_sockets.py tests/test_login_throttle.py tests/test_processes.py \
 	tests/test_chat_integration.py tests/test_status_integration.py
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
