@@ -49,6 +49,11 @@ MACHINE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SOFTWARE_NAME_MAX_CHARS = 100
 SOFTWARE_PER_REPORT_MAX = 200
 MAX_REPORT_BYTES = 64 * 1024
+# POST /api/reports: at most this many {name, report} items, and this many bytes of body.
+REPORT_BATCH_MAX_ITEMS = 1000
+MAX_REPORT_BATCH_BYTES = 2 * 1024 * 1024
+# A report's optional ``sent_at``: an RFC 3339 timestamp with its zone, at most this long.
+SENT_AT_MAX_CHARS = 40
 
 # --- Rooms ---------------------------------------------------------------------------------
 

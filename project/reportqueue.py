@@ -6,7 +6,7 @@ to one worker, stays pending under that worker until it is acknowledged, and is
 acknowledged only once an update carrying its machine is stored. A worker killed in
 between leaves its entries pending; another worker claims them after
 ``CLAIM_IDLE_MS`` and applies them again. Applying is idempotent: an entry whose stream id
-is not newer than the one its machine last applied is skipped (``workers/fleet.py``).
+is not newer than the one its machine last handled is skipped (``workers/coalesce.py``).
 
 The web side (:func:`enqueue`) is asyncio; the worker side (:class:`ReportReader`) is sync.
 """
@@ -30,10 +30,13 @@ CLAIM_IDLE_MS = 5000
 REPORT = "report"
 REMOVE = "remove"
 
-# KEYS: stream. ARGV: max waiting, entry. The new id, or nil when too many wait already.
+# KEYS: stream. ARGV: max waiting, then entries. Their new ids, or nil (none queued) when
+# they would make more than max wait: a batch is queued whole or not at all.
 ENQUEUE = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return nil end
-return redis.call('XADD', KEYS[1], '*', 'e', ARGV[2])
+if redis.call('XLEN', KEYS[1]) + #ARGV - 1 > tonumber(ARGV[1]) then return nil end
+local ids = {}
+for i = 2, #ARGV do ids[i - 1] = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i]) end
+return ids
 """
 
 
@@ -53,9 +56,18 @@ def stream_order(entry_id: str) -> tuple[int, int]:
 
 async def enqueue(client: redis.asyncio.Redis, kind: str, name: str, report: dict[str, Any] | None, max_waiting: int) -> str | None:
     """Queue a checked report (or a removal) for the status workers; its id, or ``None`` if full."""
-    entry = orjson.dumps({"kind": kind, "name": name, "report": report})
-    entry_id = await client.eval(ENQUEUE, 1, keys.REPORTS_STREAM, max_waiting, entry)
-    return None if entry_id is None else entry_id.decode()
+    ids = await enqueue_many(client, [(kind, name, report)], max_waiting)
+    return None if ids is None else ids[0]
+
+
+async def enqueue_many(
+    client: redis.asyncio.Redis, items: list[tuple[str, str, dict[str, Any] | None]], max_waiting: int
+) -> list[str] | None:
+    """Queue ``(kind, name, report)`` items in their order, all or none, in one round trip;
+    their ids, or ``None`` when that would leave more than ``max_waiting`` waiting."""
+    entries = [orjson.dumps({"kind": kind, "name": name, "report": report}) for kind, name, report in items]
+    ids = await client.eval(ENQUEUE, 1, keys.REPORTS_STREAM, max_waiting, *entries)
+    return None if ids is None else [entry_id.decode() for entry_id in ids]
 
 
 class ReportReader:

@@ -14,6 +14,7 @@ urlpatterns = [
     path("readyz", api.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
     path("api/status", api.status, name="api-status"),
+    path("api/reports", api.report_batch, name="api-reports"),
     path("api/machines/<str:name>/report", api.machine_report, name="api-machine-report"),
     path("api/machines/<str:name>", api.machine, name="api-machine"),
     path("accounts/", include("django.contrib.auth.urls")),

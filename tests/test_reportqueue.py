@@ -9,7 +9,7 @@ import redis
 import redis.asyncio
 
 from project import keys, reportqueue
-from project.reportqueue import REMOVE, REPORT, Entry, ReportReader, enqueue
+from project.reportqueue import REMOVE, REPORT, Entry, ReportReader, enqueue, enqueue_many
 
 MAX_WAITING = 100
 READY = {"state": "ready", "progress": 100.0, "software": []}
@@ -96,6 +96,26 @@ async def test_enqueue_refuses_once_max_waiting_entries_wait(queue, client):
 
     assert refused is None
     assert client.xlen(keys.REPORTS_STREAM) == 2
+
+
+async def test_a_batch_is_queued_in_its_order(queue, client):
+    ids = await enqueue_many(queue, [(REPORT, "m1", READY), (REPORT, "m2", PENDING), (REPORT, "m1", PENDING)], MAX_WAITING)
+
+    entries = ReportReader(client, "a").read()
+
+    assert entries == [Entry(ids[0], REPORT, "m1", READY), Entry(ids[1], REPORT, "m2", PENDING),
+                       Entry(ids[2], REPORT, "m1", PENDING)]
+
+
+async def test_a_batch_that_would_pass_max_waiting_is_refused_whole(queue, client):
+    await enqueue(queue, REPORT, "m1", READY, 3)
+
+    refused = await enqueue_many(queue, [(REPORT, "m2", READY), (REPORT, "m3", READY), (REPORT, "m4", READY)], 3)
+    fits = await enqueue_many(queue, [(REPORT, "m2", READY), (REPORT, "m3", READY)], 3)
+
+    assert refused is None
+    assert len(fits) == 2
+    assert client.xlen(keys.REPORTS_STREAM) == 3
 
 
 async def test_enqueue_accepts_again_once_waiting_entries_are_done(queue, client):

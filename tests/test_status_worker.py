@@ -19,7 +19,7 @@ from channels.testing import ApplicationCommunicator
 from django.utils import timezone
 
 from project import keys, protocol
-from project.reportqueue import REMOVE, REPORT, enqueue
+from project.reportqueue import REMOVE, REPORT, Entry, enqueue
 from project.reports import ReportErrors, check_report
 from workers import fleet
 from workers.feed import FeedStore
@@ -115,11 +115,20 @@ def test_report_checker_lists_every_problem():
     assert set(raised.value.errors) == {"body", "software[1].name", "software[1].state", "software[1].percent"}
 
 
-def test_a_report_older_than_the_applied_one_does_not_roll_the_machine_back():
-    now = timezone.now()
-    fleet.apply_report("m1", check_report("m1", {"state": "ready", "progress": 100}), now, "10000-0")
+def apply(name: str, body: dict, report_id: str) -> bool:
+    """Apply one report as a tick would; whether it was applied."""
+    entry = Entry(report_id, REPORT, name, check_report(name, body))
+    return fleet.apply_entries([entry], timezone.now()).reported == 1
 
-    applied = fleet.apply_report("m1", check_report("m1", {"state": "provisioning", "progress": 10}), now, "9999-0")
+
+def remove(name: str, report_id: str) -> bool:
+    return fleet.apply_entries([Entry(report_id, REMOVE, name, None)], timezone.now()).removed == 1
+
+
+def test_a_report_older_than_the_applied_one_does_not_roll_the_machine_back():
+    apply("m1", {"state": "ready", "progress": 100}, "10000-0")
+
+    applied = apply("m1", {"state": "provisioning", "progress": 10}, "9999-0")
 
     machine = Machine.objects.get(name="m1")
     assert applied is False
@@ -127,42 +136,38 @@ def test_a_report_older_than_the_applied_one_does_not_roll_the_machine_back():
 
 
 def test_a_report_delivered_again_is_not_applied_twice():
-    now = timezone.now()
-    report = check_report("m1", {"state": "provisioning", "software": [{"name": "a", "state": "installing", "percent": 10}]})
-    fleet.apply_report("m1", report, now, "2000-0")
+    report = {"state": "provisioning", "software": [{"name": "a", "state": "installing", "percent": 10}]}
+    apply("m1", report, "2000-0")
 
-    applied = fleet.apply_report("m1", report, now, "2000-0")
+    applied = apply("m1", report, "2000-0")
 
     assert applied is False
 
 
 def test_a_newer_report_is_applied():
-    now = timezone.now()
-    fleet.apply_report("m1", check_report("m1", {"state": "provisioning", "progress": 10}), now, "2000-0")
+    apply("m1", {"state": "provisioning", "progress": 10}, "2000-0")
 
-    applied = fleet.apply_report("m1", check_report("m1", {"state": "ready", "progress": 100}), now, "2000-1")
+    applied = apply("m1", {"state": "ready", "progress": 100}, "2000-1")
 
     assert applied is True
     assert Machine.objects.get(name="m1").state == "ready"
 
 
 def test_a_removal_is_not_undone_by_an_older_report_delivered_again():
-    now = timezone.now()
-    fleet.apply_report("m1", check_report("m1", {"state": "provisioning"}), now, "1000-0")
-    fleet.remove("m1", now, "3000-0")
+    apply("m1", {"state": "provisioning"}, "1000-0")
+    remove("m1", "3000-0")
 
-    applied = fleet.apply_report("m1", check_report("m1", {"state": "provisioning"}), now, "2000-0")
+    applied = apply("m1", {"state": "provisioning"}, "2000-0")
 
     assert applied is False
     assert not Machine.objects.filter(name="m1").exists()
-    assert fleet.apply_report("m1", check_report("m1", {"state": "ready"}), now, "4000-0") is True
+    assert apply("m1", {"state": "ready"}, "4000-0") is True
 
 
 def test_a_removal_older_than_the_last_report_is_not_applied():
-    now = timezone.now()
-    fleet.apply_report("m1", check_report("m1", {"state": "ready"}), now, "2000-0")
+    apply("m1", {"state": "ready"}, "2000-0")
 
-    assert fleet.remove("m1", now, "1000-0") is False
+    assert remove("m1", "1000-0") is False
     assert Machine.objects.get(name="m1").state == "ready"
 
 

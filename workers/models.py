@@ -86,7 +86,18 @@ class Machine(models.Model):
     last_report = models.DateTimeField(null=True, blank=True)
     report_id = models.CharField(
         max_length=40, blank=True, default="", editable=False,
-        help_text="Reports-stream id of the last report applied; older ones are not applied again.",
+        help_text="Reports-stream id of the last report handled; older ones are not handled again.",
+    )
+    # The agent's own order (docs/protocol.md): a report with a lower seq or an earlier sent_at
+    # than these is late, counted in late_reports and never applied.
+    agent_seq = models.BigIntegerField(
+        null=True, blank=True, editable=False, help_text="Highest seq the agent reported (its own counter)."
+    )
+    agent_sent_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Latest sent_at the agent reported (its own clock)."
+    )
+    late_reports = models.PositiveBigIntegerField(
+        default=0, editable=False, help_text="Reports ignored because they were older than one stored."
     )
 
     class Meta:
