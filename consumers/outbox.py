@@ -45,8 +45,8 @@ class Outbox:
         self.wakeup = asyncio.Event()
         self.writer: asyncio.Task | None = None
         self.shut = False
-        # Bound once per socket: a frame costs one inc() (metrics.frames_delivered, frames_dropped).
-        self.delivered, self.dropped = metrics.frames_delivered.labels(kind), metrics.frames_dropped.labels(kind)
+        # Bound once per socket; a frame written costs an add to an int (metrics.Tally).
+        self.delivered, self.dropped = metrics.frames_delivered_tally(kind), metrics.frames_dropped.labels(kind)
 
     def start(self) -> None:
         """Start writing; frames put before this (say, between joining and accepting) wait."""

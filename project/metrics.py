@@ -22,6 +22,7 @@ The mode must be chosen before prometheus_client is first imported (it reads
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import multiprocessing
@@ -107,6 +108,7 @@ LAYER_UNAVAILABLE = "layer_unavailable"  # could not join the group: Redis away
 WORKER_UNAVAILABLE = "worker_unavailable"  # could not ask the worker for the first frame
 ERROR = "error"  # the connect handler raised
 NO_ROUTE = "no_route"  # a path no consumer serves
+BAD_ORIGIN = "bad_origin"  # Host or Origin not this site's (project/socket_origin.py), before routing
 # and protocol.TOO_MANY_SOCKETS, protocol.TOO_MANY_JOINS (4029)
 
 
@@ -115,6 +117,43 @@ for kind in protocol.WORKER_CHANNELS:
     for metric in (sockets_open, frames_delivered, frames_dropped, slow_client_closes):
         metric.labels(kind)
     handshakes.labels(kind, ACCEPTED)
+
+
+class Tally:
+    """A counter child for the hottest path, a frame written to a socket. A counter's ``inc()``
+    in web (multiprocess mode) takes prometheus_client's lock and writes a memory-mapped file,
+    which cost ~2.8 µs a frame (bench/metrics_cost.py; docs/performance.md). A tally adds to a
+    plain int and hands the sum to the counter once per ``every_s``, from the event loop that
+    counts: a scrape sees a frame at most that much later."""
+
+    def __init__(self, child, every_s: float = 1.0) -> None:
+        self.child = child
+        self.every_s = every_s
+        self.pending = 0
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
+
+    def inc(self) -> None:
+        self.pending += 1
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # none due yet (or due on a loop that has since closed)
+            self.loop = loop
+            loop.call_later(self.every_s, self.flush)
+
+    def flush(self) -> None:
+        self.loop = None
+        pending, self.pending = self.pending, 0
+        self.child.inc(pending)
+
+
+delivered_tallies: dict[str, Tally] = {}
+
+
+def frames_delivered_tally(kind: str) -> Tally:
+    """The one tally of this process for frames delivered to ``kind`` sockets."""
+    tally = delivered_tallies.get(kind)
+    if tally is None:
+        tally = delivered_tallies[kind] = Tally(frames_delivered.labels(kind))
+    return tally
 
 
 def handshake(kind: str, outcome: str) -> None:

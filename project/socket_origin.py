@@ -28,6 +28,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http.request import split_domain_port, validate_host
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 Origin = tuple[str, str, int]
@@ -123,6 +125,7 @@ class AllowedOriginMiddleware:
         if reason is None:
             return await self.application(scope, receive, send)
         log.warning("refusing a socket to %s: %s", scope.get("path"), reason)
+        metrics.handshake("none", metrics.BAD_ORIGIN)
         await receive()  # websocket.connect
         # A close before accept: the server answers the handshake with 403 (the ASGI spec).
         await send({"type": "websocket.close", "code": 1000})

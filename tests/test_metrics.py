@@ -145,6 +145,8 @@ async def test_sockets_handshakes_and_frames_are_counted_over_both_web_processes
     assert (await recv_json(status))["type"] == "status.snapshot"
     with pytest.raises(InvalidStatus):
         await stack.connect(f"/ws/chat/{room}/")  # no session: refused
+    with pytest.raises(InvalidStatus):
+        await stack.connect(f"/ws/chat/{room}/", session, origin="http://elsewhere.example")
     await send_json(chat, {"type": "chat.message", "message": "counted", "client_id": "m1"})
     received = {"chat": 1 + await frames_until(chat, lambda frame: frame.get("client_id") == "m1"), "status": 1}
 
@@ -152,6 +154,7 @@ async def test_sockets_handshakes_and_frames_are_counted_over_both_web_processes
     assert moved(before, during, "fleetchat_handshakes_total", kind="chat", outcome="accepted") == 1
     assert moved(before, during, "fleetchat_handshakes_total", kind="status", outcome="accepted") == 1
     assert moved(before, during, "fleetchat_handshakes_total", kind="chat", outcome="unauthenticated") == 1
+    assert moved(before, during, "fleetchat_handshakes_total", kind="none", outcome="bad_origin") == 1
     assert value(during, "fleetchat_sockets_open", kind="chat") == value(before, "fleetchat_sockets_open", kind="chat") + 1
     assert value(during, "fleetchat_sockets_open", kind="status") == value(before, "fleetchat_sockets_open", kind="status") + 1
 

@@ -77,6 +77,7 @@ async def test_an_outbox_counts_what_it_writes_and_what_it_drops():
     for _ in range(5):
         await asyncio.sleep(0)
     outbox.writer.cancel()
+    await asyncio.sleep(1.2)  # written frames reach the counter within a second (metrics.Tally)
     for text in ("d", "e"):
         outbox.put(text)
     assert outbox.shut_down() == 2
