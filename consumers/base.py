@@ -21,6 +21,7 @@ from .connections import connections
 from .fanout import fanout_for
 from .limits import FrameLimits, sockets
 from .outbox import Outbox
+from .redis_watch import redis_watch
 from .sessions import sessions
 
 log = logging.getLogger(__name__)
@@ -155,10 +156,12 @@ class RelayConsumer(EdgeConsumer):
         metrics.socket_opened(self.worker_channel)
         self.counted = True
         sessions.follow(self)
+        redis_watch.follow(self)
 
     async def clean_up(self) -> None:
         self.outbox.shut_down()
         sessions.unfollow(self)
+        redis_watch.unfollow(self)
         if self.counted:
             connections.closed()
             metrics.socket_closed(self.worker_channel)
@@ -177,6 +180,10 @@ class RelayConsumer(EdgeConsumer):
         first: history, a snapshot). If the channel layer is away the socket is refused (before
         accept) or closed with 1011 (after), and the client reconnects; ``False`` then.
         A user over their socket cap or join rate is closed with 4029 (consumers/limits.py)."""
+        if redis_watch.lost:  # refused at once, as when joining fails (consumers/redis_watch.py)
+            metrics.handshake(self.worker_channel, metrics.LAYER_UNAVAILABLE)
+            await self.close()
+            return False
         refusal = await sockets.admit(self.scope, self.channel_name)
         if refusal is not None:
             metrics.handshake(self.worker_channel, refusal)
@@ -269,10 +276,12 @@ class RelayConsumer(EdgeConsumer):
 
         The close runs in a task of its own, as for a slow client: uvicorn's ``send`` waits
         while the client is not reading, and the caller closes many sockets in one loop."""
+        self.close_soon(protocol.CLOSE_SESSION_ENDED, protocol.SESSION_ENDED)
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Drop what waits for the client and close the socket with ``code``, in a task of its own."""
         self.outbox.shut_down()
-        self.closing = asyncio.get_running_loop().create_task(
-            self.close_quietly(protocol.CLOSE_SESSION_ENDED, protocol.SESSION_ENDED)
-        )
+        self.closing = asyncio.get_running_loop().create_task(self.close_quietly(code, reason))
 
     async def close_quietly(self, code: int, reason: str) -> None:
         try:

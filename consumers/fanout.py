@@ -54,6 +54,7 @@ class GroupFanout:
         self.loop = loop
         self.groups: dict[str, LocalGroup] = {}
         self.rejoin_now = asyncio.Event()
+        self.stale: list[tuple[str, str]] = []  # (group, channel) left while Redis was away
         self.keeper: asyncio.Task | None = None
 
     async def join(self, name: str, consumer) -> None:
@@ -90,8 +91,10 @@ class GroupFanout:
             orphans.forget(self.layer, group.channel)  # a broadcast already on its way
             try:
                 await self.layer.group_discard(name, group.channel)
-            except Exception as error:  # Redis away: the membership expires on its own
+            except Exception as error:  # Redis away: left again once it answers
                 log.warning("leaving %s failed: %s", name, error)
+                self.stale.append((name, group.channel))
+                self.keep_memberships()
 
     def layer_failed(self) -> None:
         """Someone in this process saw the layer fail: Redis may have forgotten our memberships."""
@@ -102,9 +105,10 @@ class GroupFanout:
             self.keeper = self.loop.create_task(self.rejoin_forever())
 
     async def rejoin_forever(self) -> None:
-        """Re-add every group this process is in, after a layer error and every GROUP_REFRESH_S."""
+        """Re-add every group this process is in, after a layer error and every GROUP_REFRESH_S;
+        leave for good the groups whose leaving failed (their broadcasts would queue up unread)."""
         failures = 0
-        while self.groups:
+        while self.groups or self.stale:
             if not failures:
                 try:
                     await asyncio.wait_for(self.rejoin_now.wait(), GROUP_REFRESH_S)
@@ -115,6 +119,9 @@ class GroupFanout:
                 for group in list(self.groups.values()):
                     if group.task is not None:
                         await self.layer.group_add(group.name, group.channel)
+                while self.stale:
+                    await self.layer.group_discard(*self.stale[-1])
+                    self.stale.pop()
             except Exception as error:
                 failures += 1
                 log.warning("re-joining %d group(s) failed (%s); retrying", len(self.groups), error)

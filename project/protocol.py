@@ -107,8 +107,10 @@ STATUS_GROUP = "status"
 # (4000-4999 are the application's own) and reconnect.
 SLOW_CLIENT = "slow_client"
 CLOSE_SLOW_CLIENT = 4008
-# The server could not set the socket up (Redis away for a moment): reconnect with backoff.
+# The server could not set the socket up (Redis away for a moment), or its web process lost
+# Redis (reason SERVER_UNAVAILABLE, consumers/redis_watch.py): reconnect with backoff.
 CLOSE_TRY_AGAIN = 1011
+SERVER_UNAVAILABLE = "server_unavailable"
 
 # --- Fair shares (consumers/limits.py) ----------------------------------------------------
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 import ipaddress
 import os
+import socket
 import tempfile
 
 import dj_database_url
@@ -278,6 +279,24 @@ CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 1000)
 # updates for every socket of the process (bench S1: 14,455 missed seq; 0 with 20,000).
 # Messages still expire after ``expiry``.
 PROCESS_CHANNEL_CAPACITY = env_int("PROCESS_CHANNEL_CAPACITY", 20000)
+# A web process that has heard nothing from Redis for this long closes its sockets (1011) and
+# refuses new ones until Redis answers (consumers/redis_watch.py): its clients go elsewhere or
+# come back whole, instead of waiting on a process that is cut off.
+REDIS_LOST_AFTER_S = max(1, env_int("REDIS_LOST_AFTER_S", 3))
+# The channel layer's connections: the kernel probes an idle one every second, and gives up on
+# one whose probes or data stay unacknowledged for REDIS_LOST_AFTER_S; the command waiting on it
+# fails (ConnectionError) and the process reconnects. Without it a blocked read on a silent
+# connection lasted until socket_timeout (15 s), and a write until TCP gave up (minutes).
+REDIS_TCP_KEEPALIVE = {
+    option: value
+    for option, value in (
+        (getattr(socket, "TCP_KEEPIDLE", None), 1),
+        (getattr(socket, "TCP_KEEPINTVL", None), 1),
+        (getattr(socket, "TCP_KEEPCNT", None), REDIS_LOST_AFTER_S),
+        (getattr(socket, "TCP_USER_TIMEOUT", None), REDIS_LOST_AFTER_S * 1000),  # Linux only
+    )
+    if option is not None
+}
 REDIS_LAYER_HOST = {
     "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000),
     # redis-py 8 reads with a 5 s socket timeout by default, the same as the layer's 5 s
@@ -286,6 +305,10 @@ REDIS_LAYER_HOST = {
     "socket_timeout": 15,
     # A dead server must not hold a connect up for long: processes retry with backoff.
     "socket_connect_timeout": 2,
+    # A server that stops answering without closing (a partition, a firewall dropping packets)
+    # must not hold a read or a write for the kernel's minutes: see REDIS_TCP_KEEPALIVE.
+    "socket_keepalive": True,
+    "socket_keepalive_options": REDIS_TCP_KEEPALIVE,
 }
 if REDIS_SENTINELS:
     REDIS_LAYER_HOST.update(

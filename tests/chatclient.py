@@ -43,6 +43,7 @@ class ChatClient:
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # client_id -> {text, sent_at}
     sent: list[str] = field(default_factory=list)  # client_ids, in the order written
     closes: list[int | None] = field(default_factory=list)
+    closed_at: list[float] = field(default_factory=list)  # monotonic, one per entry of closes
     ws: Any = None
 
     # --- running --------------------------------------------------------------------
@@ -61,6 +62,7 @@ class ChatClient:
                     await self.read(ws)
             except ConnectionClosed as closed:
                 self.closes.append(closed.rcvd.code if closed.rcvd else None)
+                self.closed_at.append(time.monotonic())
             except (OSError, InvalidHandshake, InvalidStatus, asyncio.TimeoutError):
                 pass
             self.ws = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 from channels.routing import URLRouter
@@ -66,3 +67,25 @@ async def test_a_failing_socket_does_not_cut_the_others_off(channel_layer):
     assert await healthy.receive_from() == protocol.encode(frame)
     await first.disconnect()
     await second.disconnect()
+
+
+async def test_a_group_left_while_redis_was_away_is_left_once_it_answers(channel_layer, monkeypatch):
+    comm = await open_chat(channel_layer)
+    fanout = fanout_for(channel_layer)
+    discard = channel_layer.group_discard
+
+    async def away(group, channel):
+        raise ConnectionError("Redis away")
+
+    monkeypatch.setattr(channel_layer, "group_discard", away)
+    await comm.disconnect()
+    assert len(channel_layer.groups[ROOM]) == 1, "the membership should have outlived the failed leave"
+
+    monkeypatch.setattr(channel_layer, "group_discard", discard)
+    fanout.layer_failed()  # what the process does when it sees the layer again
+    for _ in range(100):
+        if not channel_layer.groups.get(ROOM):
+            break
+        await asyncio.sleep(0.01)
+    assert not channel_layer.groups.get(ROOM)
+    assert fanout.stale == []
