@@ -195,6 +195,19 @@ def answers_counted(view):
     return counted
 
 
+agent_token_requests = Counter(
+    "fleetchat_agent_token_requests",
+    "Agent API requests by agent token (its name; '' for none or an unknown one) and outcome "
+    "(accepted, revoked, unknown, missing, unchecked)",
+    ["token", "outcome"],
+)
+
+
+def agent_token_used(token: str, outcome: str) -> None:
+    """One agent API request judged (project/api/tokens.py). Names are the operator's, a few."""
+    agent_token_requests.labels(token, outcome).inc()
+
+
 # --- worker ----------------------------------------------------------------------------------
 
 worker_messages = Counter(

@@ -28,14 +28,16 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
-from project.api.tokens import RELOAD_EVERY_S, TokenBook
+from project.api.tokens import ACCEPTED, RELOAD_EVERY_S, REVOKED, UNCHECKED, UNKNOWN, TokenBook, Verdict
 from workers.models import AgentToken
 
 from .conftest import make_stack
+from .scrape import moved, scrape
 from .stack import PASSWORD, ROOT, Stack
 from .test_session_sockets import web_workers
 
 ENV_TOKEN = "agent-tokens-test-fleet-token"
+METRICS_TOKEN = "agent-tokens-test-metrics-token"
 REPORT = {"state": "provisioning", "progress": 10}
 REFUSED = {"error": "unauthorized", "detail": "the token is not valid (unknown or revoked)"}
 # A revocation must be refused within RELOAD_EVERY_S (1 s) of its commit; the margin is for a
@@ -64,26 +66,26 @@ async def test_the_book_names_valid_tokens_and_refuses_revoked_and_unknown_ones(
     await sync_to_async(revoke)("second")
     book = TokenBook()
 
-    assert (await book.judge(first)).name == "first"
-    assert (await book.judge(ENV_TOKEN)).name == "env"
-    assert (await book.judge(second)).refusal == "revoked token 'second'"
-    assert (await book.judge("not-a-token")).refusal == "unknown token"
-    assert (await book.judge(AgentToken.digest_of(first))).refusal == "unknown token"  # the hash is no token
+    assert await book.judge(first) == Verdict(ACCEPTED, "first")
+    assert await book.judge(ENV_TOKEN) == Verdict(ACCEPTED, "env")
+    assert await book.judge(second) == Verdict(REVOKED, "second")
+    assert await book.judge("not-a-token") == Verdict(UNKNOWN)
+    assert await book.judge(AgentToken.digest_of(first)) == Verdict(UNKNOWN)  # the hash is no token
 
 
 @pytest.mark.django_db(transaction=True)
 async def test_the_book_reloads_once_a_second_at_most(settings):
     settings.FLEET_TOKEN = ""
     book = TokenBook()
-    assert (await book.judge("not-yet")).refusal == "unknown token"
+    assert await book.judge("not-yet") == Verdict(UNKNOWN)
     later = await sync_to_async(make_token)("later")
 
-    within_the_second = (await book.judge(later)).refusal
+    within_the_second = await book.judge(later)
     await asyncio.sleep(RELOAD_EVERY_S)
-    after_it = (await book.judge(later)).name
+    after_it = await book.judge(later)
 
-    assert within_the_second == "unknown token"  # judged by the copy loaded a moment ago
-    assert after_it == "later"
+    assert within_the_second == Verdict(UNKNOWN)  # judged by the copy loaded a moment ago
+    assert after_it == Verdict(ACCEPTED, "later")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -93,7 +95,7 @@ async def test_without_the_database_the_book_keeps_its_last_copy_and_a_new_one_c
     settings.FLEET_TOKEN = ENV_TOKEN
     kept = await sync_to_async(make_token)("kept")
     book = TokenBook()
-    assert (await book.judge(kept)).name == "kept"
+    assert await book.judge(kept) == Verdict(ACCEPTED, "kept")
 
     await sync_to_async(drop_agent_token_table)()
     try:
@@ -106,9 +108,9 @@ async def test_without_the_database_the_book_keeps_its_last_copy_and_a_new_one_c
     finally:
         await sync_to_async(create_agent_token_table)()
 
-    assert still_kept.name == "kept"
-    assert unchecked.unchecked and unchecked.name is None
-    assert env.name == "env"
+    assert still_kept == Verdict(ACCEPTED, "kept")
+    assert unchecked == Verdict(UNCHECKED)
+    assert env == Verdict(ACCEPTED, "env")
     assert "could not reload the agent tokens" in caplog.text
 
 
@@ -128,7 +130,7 @@ def create_agent_token_table() -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url):
-    yield from make_stack(tmp_path_factory, redis_url, FLEET_TOKEN=ENV_TOKEN)
+    yield from make_stack(tmp_path_factory, redis_url, FLEET_TOKEN=ENV_TOKEN, METRICS_TOKEN=METRICS_TOKEN)
 
 
 def report(stack: Stack, token: str, machine: str = "node-1") -> tuple[int, dict]:
@@ -247,6 +249,27 @@ def test_a_revoked_and_an_unknown_token_get_the_same_401_and_only_the_log_names_
     assert "refused POST /api/machines/node-1/report: unknown token" in web_log
     assert revoked not in web_log
     assert "agent token 'old-rack' in use" in web_log
+
+
+@pytest.mark.integration
+def test_requests_are_counted_by_token_name_and_outcome(stack):
+    kept, dropped = create(stack, "metered"), create(stack, "metered-old")
+    assert report(stack, dropped)[0] == 202
+    agenttoken(stack, "revoke", "metered-old")
+    time.sleep(RELOAD_EVERY_S + 0.2)
+    before = scrape(f"{stack.base_url}/metrics", METRICS_TOKEN)
+
+    statuses = [report(stack, token)[0] for token in (kept, kept, ENV_TOKEN, dropped, "never-issued", "")]
+
+    after = scrape(f"{stack.base_url}/metrics", METRICS_TOKEN)
+    counted = {
+        (token, outcome): moved(before, after, "fleetchat_agent_token_requests_total", token=token, outcome=outcome)
+        for token, outcome in [("metered", "accepted"), ("env", "accepted"), ("metered-old", "revoked"),
+                               ("", "unknown"), ("", "missing")]
+    }
+    assert statuses == [202, 202, 202, 401, 401, 401]
+    assert counted == {("metered", "accepted"): 2, ("env", "accepted"): 1, ("metered-old", "revoked"): 1,
+                       ("", "unknown"): 1, ("", "missing"): 1}
 
 
 @pytest.mark.integration

@@ -17,10 +17,10 @@ log = logging.getLogger(__name__)
 def refusal(request: HttpRequest, verdict: tokens.Verdict) -> HttpResponse:
     """The answer to a request without a valid token. An unknown and a revoked token get the
     same answer: only the log says which (and the name of a revoked one)."""
-    log.warning("refused %s %s: %s", request.method, request.path, verdict.refusal)
-    if verdict.unchecked:
+    log.warning("refused %s %s: %s", request.method, request.path, verdict)
+    if verdict.outcome == tokens.UNCHECKED:
         return json_error(503, "server_busy", "agent tokens cannot be checked right now; retry shortly")
-    if verdict.refusal == tokens.NO_TOKEN:
+    if verdict.outcome == tokens.MISSING:
         response = json_error(401, "unauthorized", "send 'Authorization: Bearer <token>'")
     else:
         response = json_error(401, "unauthorized", "the token is not valid (unknown or revoked)")
@@ -40,10 +40,10 @@ def agent_api(*methods: str):
                 response["Allow"] = ", ".join(methods)
                 return response
             verdict = await tokens.authenticate(request)
-            if verdict.name is None:
+            if not verdict.accepted:
                 return refusal(request, verdict)
             response = await view(request, *args, **kwargs)
-            log.debug("%s %s with token %r: %d", request.method, request.path, verdict.name, response.status_code)
+            log.debug("%s %s with %s: %d", request.method, request.path, verdict, response.status_code)
             return response
 
         return guarded

@@ -35,6 +35,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest
 
+from project import metrics
 from workers.models import AgentToken
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 RELOAD_EVERY_S = 1.0
 RELOAD_WAIT_S = 1.0
 REQUEST_ATTRIBUTE = "agent_token_name"
-NO_TOKEN = "no bearer token"
+# A request's outcome, in logs and in the metric fleetchat_agent_token_requests_total.
+ACCEPTED, REVOKED, UNKNOWN, MISSING, UNCHECKED = "accepted", "revoked", "unknown", "missing", "unchecked"
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,24 @@ class KnownToken:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What a request's token is: ``name`` when accepted; ``refusal`` (for the log) when not."""
+    """What a request's token is: ``outcome``, and the token's ``name`` if it is one we know
+    (accepted or revoked). ``UNCHECKED``: the tokens could not be loaded yet (503, not 401)."""
 
+    outcome: str
     name: str | None = None
-    refusal: str | None = None
-    unchecked: bool = False  # the tokens could not be loaded yet: answer 503, not 401
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome == ACCEPTED
+
+    def __str__(self) -> str:
+        return {
+            ACCEPTED: f"token {self.name!r}",
+            REVOKED: f"revoked token {self.name!r}",
+            UNKNOWN: "unknown token",
+            MISSING: "no bearer token",
+            UNCHECKED: "agent tokens not loaded yet",
+        }[self.outcome]
 
 
 @database_sync_to_async
@@ -116,15 +131,13 @@ class TokenBook:
             if hmac.compare_digest(presented, known.digest):  # every one, without stopping early
                 match = known
         if match is None:
-            if stored is None:
-                return Verdict(refusal="agent tokens not loaded yet", unchecked=True)
-            return Verdict(refusal="unknown token")
+            return Verdict(UNCHECKED if stored is None else UNKNOWN)
         if match.revoked:
-            return Verdict(refusal=f"revoked token {match.name!r}")
+            return Verdict(REVOKED, match.name)
         if match.name not in self.used:
             self.used.add(match.name)
             log.info("agent token %r in use (its first accepted request in this process)", match.name)
-        return Verdict(name=match.name)
+        return Verdict(ACCEPTED, match.name)
 
 
 book = TokenBook()
@@ -139,8 +152,9 @@ def bearer_token(request: HttpRequest) -> str | None:
 async def authenticate(request: HttpRequest) -> Verdict:
     """Judge the request's bearer token; an accepted one's name is then :func:`token_name`."""
     token = bearer_token(request)
-    verdict = Verdict(refusal=NO_TOKEN) if token is None else await book.judge(token)
-    setattr(request, REQUEST_ATTRIBUTE, verdict.name)
+    verdict = Verdict(MISSING) if token is None else await book.judge(token)
+    metrics.agent_token_used(verdict.name or "", verdict.outcome)
+    setattr(request, REQUEST_ATTRIBUTE, verdict.name if verdict.accepted else None)
     return verdict
 
 
