@@ -133,9 +133,9 @@ def stack(tmp_path_factory, redis_url):
     yield from make_stack(tmp_path_factory, redis_url, FLEET_TOKEN=ENV_TOKEN, METRICS_TOKEN=METRICS_TOKEN)
 
 
-def report(stack: Stack, token: str, machine: str = "node-1") -> tuple[int, dict]:
+def report(stack: Stack, token: str, path: str = "/api/machines/node-1/report", body=REPORT) -> tuple[int, dict]:
     request = urllib.request.Request(
-        f"{stack.base_url}/api/machines/{machine}/report", data=json.dumps(REPORT).encode(), method="POST",
+        stack.base_url + path, data=json.dumps(body).encode(), method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     try:
@@ -242,8 +242,10 @@ def test_a_revoked_and_an_unknown_token_get_the_same_401_and_only_the_log_names_
     time.sleep(RELOAD_EVERY_S + 0.2)
 
     answers = [report(stack, token) for token in (revoked, "never-issued", revoked + "x")]
+    batch = report(stack, revoked, "/api/reports", [{"name": "node-2", "report": REPORT}])
 
     assert answers == [(401, REFUSED)] * 3
+    assert batch == (401, REFUSED)
     web_log = stack.read_log("web")
     assert "refused POST /api/machines/node-1/report: revoked token 'old-rack'" in web_log
     assert "refused POST /api/machines/node-1/report: unknown token" in web_log

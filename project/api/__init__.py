@@ -3,7 +3,8 @@
 - ``reports``: the agents' API (reports and removals, bearer token), queued for the status workers;
 - ``batch``: many machines' reports in one request;
 - ``views``: the status snapshot for logged-in users and the readiness probe;
-- ``auth``: the agents' bearer token; ``errors``: the JSON error shape every answer uses;
+- ``auth``, ``tokens``: the agents' bearer tokens, named and revocable;
+- ``errors``: the JSON error shape every answer uses;
 - ``connections``: the web process's asyncio Redis client.
 
 ``project/urls.py`` routes to the names exported here.
