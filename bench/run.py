@@ -4,6 +4,8 @@
     python bench/run.py standard --quick    # a short pass of the same set
     python bench/run.py s1 --clients 5000 --seconds 60
     python bench/run.py failover            # the status stream while schedulers and workers die
+    python bench/run.py busy-fleet          # the report API's ceiling, single and batched
+    python bench/run.py reports --machines 2000 --batch 100 --clients 0 --seconds 30
 
 Each result row (``bench/results/results.json``, rendered to ``results.md``) carries the
 exact command, the versions and the machine, the client's books (deliveries, missed and
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
@@ -38,7 +41,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import loadgen  # noqa: E402
+from bench import loadgen, reportgen  # noqa: E402
 from project import embedded_redis, heartbeats, keys  # noqa: E402
 from scheduler.clock import NS_PER_S  # noqa: E402
 from tests.faults import StreamWatch, leader, next_update_after, pid_of, wait_for_leader  # noqa: E402
@@ -515,6 +518,100 @@ def failover(quick: bool) -> Iterator[dict]:
                   {**dashboard_books(watch, since), **leaders}, {})
 
 
+# --- busy fleet: the report API under agents, with dashboards watching ---------------------------
+
+PROBE = "0-probe"  # sorts first by name: on every dashboard's first page
+PROBE_EVERY_S = 0.5
+
+
+def probe_reports(stack: Stack, stop: threading.Event, sent: dict[float, float]) -> None:
+    """Report machine ``PROBE`` every ``PROBE_EVERY_S`` with a progress never used before, noting
+    when each was sent: a dashboard's first update showing that progress says when it arrived."""
+    for k in range(1, 10_000):
+        if stop.wait(PROBE_EVERY_S):
+            return
+        progress = k / 100
+        request = urllib.request.Request(
+            f"{stack.base_url}/api/machines/{PROBE}/report", method="POST",
+            data=json.dumps({"state": "provisioning", "progress": progress}).encode(),
+            headers={"Authorization": f"Bearer {FLEET_TOKEN}", "Content-Type": "application/json"})
+        began = time.monotonic()
+        try:
+            urllib.request.urlopen(request, timeout=5).close()
+        except OSError:
+            continue
+        sent[progress] = began
+
+
+def report_to_screen_ms(watch: StreamWatch, sent: dict[float, float]) -> dict:
+    """Latency from each probe report's sending to the first update showing it. A probe report
+    overtaken in the same tick by the next one is never shown: counted as coalesced."""
+    shown: dict[float, float] = {}
+    for at, frame in watch.updates():
+        for machine in frame.get("machines", []):
+            if machine["name"] == PROBE and machine["progress"] in sent:
+                shown.setdefault(machine["progress"], at)
+    latencies = [(shown[progress] - began) * 1000 for progress, began in sent.items() if progress in shown]
+    return {"p50": loadgen.percentile(latencies, 0.5), "p99": loadgen.percentile(latencies, 0.99),
+            "max": round(max(latencies), 1) if latencies else None,
+            "probes_sent": len(sent), "probes_shown": len(latencies)}
+
+
+def busy_fleet_reports(machines: int, seconds: float, connections: int, batch: int, clients: int,
+                       processes: int, rate: float = 0, seq: bool = True) -> dict:
+    """Agents post reports for ``machines`` machines over ``connections`` keep-alive connections
+    (``batch`` machines per request; 1: the single endpoint), as fast as answered or at ``rate``,
+    each report with its machine's next ``seq`` unless not ``seq``, for ``seconds``, while ``clients`` dashboards watch and one more follows a probe machine.
+    Also: the stream's backlog when the agents stop and how long the status workers take to
+    drain it (what ``202`` cost them), and the load tools' own CPU."""
+    with private_redis() as (redis_server, url), our_stack(url) as stack, \
+            redis.Redis.from_url(url) as client, dashboard(stack) as watch:
+        warm = loadgen.warmup_s(clients, CONNECT_RATE) if clients else 0
+        monitor = Monitor(stack_processes(stack, redis_server), url)
+        dashboards: dict = {}
+        watching = threading.Thread(target=lambda: dashboards.update(loadgen.run(
+            "status", stack.ws_url + "/ws/status/", clients, seconds, processes, stack.session,
+            connect_rate=CONNECT_RATE))) if clients else None
+        stop, sent = threading.Event(), {}
+        prober = threading.Thread(target=probe_reports, args=(stack, stop, sent))
+        with monitor.measuring(warm) as cost:
+            if watching:
+                watching.start()
+            time.sleep(warm)
+            prober.start()
+            agents = reportgen.run(stack.base_url, FLEET_TOKEN, machines, seconds, connections, batch,
+                                   processes, rate, seq)
+            backlog = client.xlen(keys.REPORTS_STREAM)
+            stop.set()
+            prober.join()
+            if watching:
+                watching.join()
+        drained_at = time.monotonic()
+        while client.xlen(keys.REPORTS_STREAM) and time.monotonic() - drained_at < 120:
+            time.sleep(0.2)
+        drain_s = round(time.monotonic() - drained_at, 1) if not client.xlen(keys.REPORTS_STREAM) else None
+    books = {
+        **{key: dashboards[key] for key in ("connected", "failed_handshakes", "deliveries_per_s",
+                                             "mean_frame_bytes", "missed", "duplicated", "latency_ms") if dashboards},
+        "agents": agents, "accepted_reports_per_s": agents["accepted_reports_per_s"],
+        "backlog_at_end": backlog, "backlog_drained_s": drain_s,
+        "report_to_screen_ms": report_to_screen_ms(watch, sent),
+        "client_cpu_s": round(agents["client_cpu_s"] + dashboards.get("client_cpu_s", 0), 2),
+    }
+    params = {"machines": machines, "connections": connections, "batch": batch, "seq": seq, "dashboards": clients,
+              "seconds": seconds, "offered_reports_per_s": rate or "max"}
+    return row("busy fleet: report API", params, books, cost)
+
+
+def busy_fleet(quick: bool, processes: int) -> Iterator[dict]:
+    """The report API's ceiling, single and batched, 2,000 machines over 64 connections, with
+    one dashboard and with 2,000."""
+    seconds = 10 if quick else 30
+    for clients in (0, 2000):
+        yield busy_fleet_reports(2000, seconds, 64, 1, clients, processes)
+        yield busy_fleet_reports(2000, seconds, 64, 100, clients, processes)
+
+
 S1_FRAME_BYTES = 45_000  # a typical S1 update with 200 machines changing (measured: 38-68 KB)
 
 
@@ -582,6 +679,15 @@ def failover_note(load: dict) -> str:
     return "; ".join(parts)
 
 
+def busy_fleet_note(load: dict) -> str:
+    agents, screen = load["agents"], load["report_to_screen_ms"]
+    return (f"reports accepted {load['accepted_reports_per_s']}/s in {agents['requests_per_s']} requests/s "
+            f"(p50/p99 {agents['request_latency_ms']['p50']}/{agents['request_latency_ms']['p99']} ms, "
+            f"answers {agents['by_status']}); backlog at the end {load['backlog_at_end']}, drained in "
+            f"{load['backlog_drained_s']} s; report to screen p50/p99 {screen['p50']}/{screen['p99']} ms "
+            f"({screen['probes_shown']} of {screen['probes_sent']} probes shown); agents' CPU {agents['client_cpu_s']} s")
+
+
 def render(rows: list[dict]) -> str:
     lines = [
         "# Benchmark results", "",
@@ -614,6 +720,8 @@ def render(rows: list[dict]) -> str:
             notes.append(f"the server dropped it after ~{cost['server_dropped_it_after_s']} s")
         if "worst_gap_s" in load:
             notes.append(failover_note(load))
+        if "accepted_reports_per_s" in load:
+            notes.append(busy_fleet_note(load))
         extra = f" ({'; '.join(notes)})" if notes else ""
         lines.append(
             f"| {r['when']} | {r['scenario']}{extra} | {params} | {load.get('connected', '')} / {load.get('failed_handshakes', '')} "
@@ -629,7 +737,8 @@ def render(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario",
-                        choices=["standard", "s0", "s1", "s2", "s3", "wave", "memory", "stalled", "failover"])
+                        choices=["standard", "s0", "s1", "s2", "s3", "wave", "memory", "stalled", "failover",
+                                 "busy-fleet", "reports"])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60)
@@ -637,7 +746,14 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=10)
     parser.add_argument("--rate", type=float, default=1)
     parser.add_argument("--connect-rate", type=float, default=200)
-    parser.add_argument("--machines", type=int, default=200, help="S1: simulated machines reporting")
+    parser.add_argument("--machines", type=int, default=200, help="S1, reports: simulated machines reporting")
+    parser.add_argument("--connections", type=int, default=64, help="reports: the agents' keep-alive connections")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="reports: machines per request (1: the single endpoint; more: POST /api/reports)")
+    parser.add_argument("--report-rate", type=float, default=0,
+                        help="reports: reports per second offered (0: as fast as they are answered)")
+    parser.add_argument("--no-seq", action="store_true",
+                        help="reports: without seq (for a tree from before reports could carry one)")
     parser.add_argument("--profile", action="store_true", help="S1: py-spy the web process")
     parser.add_argument("--pad-bytes", type=int, default=0, help="S0: padding per update, to match S1's frame size")
     parser.add_argument("--web", choices=sorted(WEB_SERVERS), default="procfile", help="web server under test")
@@ -659,6 +775,9 @@ def main() -> None:
         "memory": lambda: [idle_memory(args.clients, args.processes)],
         "stalled": lambda: [stalled_client(args.seconds)],
         "failover": lambda: failover(args.quick),
+        "busy-fleet": lambda: busy_fleet(args.quick, args.processes),
+        "reports": lambda: [busy_fleet_reports(args.machines, args.seconds, args.connections, args.batch,
+                                               args.clients, args.processes, args.report_rate, not args.no_seq)],
     }
     rows = []
     for result in runners[args.scenario]():

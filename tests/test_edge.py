@@ -221,6 +221,18 @@ async def test_readiness_and_a_report_through_the_front_then_the_status_socket_s
             raise AssertionError(f"{name} never appeared in an update")
 
 
+def test_a_batch_of_reports_passes_the_front_up_to_the_apis_own_bound(via_front, session):
+    """1.5 MiB is far past the 72 KiB every other path may send, and within the batch API's 2 MiB."""
+    software = [{"name": f"pkg-{n:03d}-" + "x" * 80, "state": "queued", "percent": 0} for n in range(100)]
+    items = [{"name": f"edge-batch-{n:03d}", "report": {"state": "pending", "software": software}} for n in range(150)]
+    body = json.dumps(items).encode()
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    assert 1024 * 1024 < len(body) < 2 * 1024 * 1024
+
+    assert http(f"{via_front.base_url}/api/reports", body, headers) == 202
+    assert http(f"{via_front.base_url}/api/machines/edge-batch-000/report", body, headers) == 413
+
+
 async def test_a_chat_socket_through_the_front(via_front, session):
     room = f"edge-{uuid.uuid4().hex[:8]}"
     async with via_front.connect(f"/ws/chat/{room}/", session) as ws:

@@ -108,7 +108,9 @@ def fold(entries: Iterable[Entry], stored: dict[str, Stored]) -> dict[str, Plan]
     """One :class:`Plan` per machine named in ``entries`` (in stream order)."""
     plans: dict[str, Plan] = {}
     for entry in entries:
-        plan = plans.get(entry.name) or plans.setdefault(entry.name, plan_for(entry.name, stored.get(entry.name, Stored())))
+        if entry.name not in plans:
+            plans[entry.name] = plan_for(entry.name, stored.get(entry.name, Stored()))
+        plan = plans[entry.name]
         if not is_newer(entry.id, plan.handled_id):
             plan.repeated += 1
             continue

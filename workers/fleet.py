@@ -180,7 +180,8 @@ def machines(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
         packages = [Software.objects.filter(machine_id__in=chunk) for chunk in chunks(ids)]
     software: dict[int, list[dict[str, Any]]] = {row[0]: [] for row in rows}
     for query in packages:
-        for machine_id, name, state, percent in query.order_by("name").values_list("machine_id", "name", "state", "percent"):
+        rows_of_packages = query.order_by("name").values_list("machine_id", "name", "state", "percent")
+        for machine_id, name, state, percent in rows_of_packages:
             if machine_id in software:  # not a machine added since its row was read
                 software[machine_id].append({"name": name, "state": state, "percent": percent})
     return [{"name": name, "state": state, "progress": progress, "last_report": iso_utc(last_report),

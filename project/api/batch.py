@@ -16,7 +16,7 @@ import redis.asyncio as redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from .. import protocol, reportqueue
+from .. import metrics, protocol, reportqueue
 from ..reports import ReportErrors, check_batch_item
 from .auth import agent_api
 from .connections import redis_client
@@ -47,6 +47,7 @@ def check_items(items: list[Any]) -> tuple[list[tuple[str, str, dict[str, Any]]]
     return good, errors
 
 
+@metrics.answers_counted
 @agent_api("POST")
 async def report_batch(request: HttpRequest) -> HttpResponse:
     """``202`` with the count accepted and the errors of items refused (``400`` if all were)."""
