@@ -285,8 +285,8 @@ PROCESS_CHANNEL_CAPACITY = env_int("PROCESS_CHANNEL_CAPACITY", 20000)
 REDIS_LOST_AFTER_S = max(1, env_int("REDIS_LOST_AFTER_S", 3))
 # The channel layer's connections: the kernel probes an idle one every second, and gives up on
 # one whose probes or data stay unacknowledged for REDIS_LOST_AFTER_S; the command waiting on it
-# fails (ConnectionError) and the process reconnects. Without it a blocked read on a silent
-# connection lasted until socket_timeout (15 s), and a write until TCP gave up (minutes).
+# fails (ConnectionError) and the process reconnects. Without it every command on a silent
+# connection waited out socket_timeout (15 s, above the layer's 5 s blocking pops) first.
 REDIS_TCP_KEEPALIVE = {
     option: value
     for option, value in (
@@ -306,7 +306,7 @@ REDIS_LAYER_HOST = {
     # A dead server must not hold a connect up for long: processes retry with backoff.
     "socket_connect_timeout": 2,
     # A server that stops answering without closing (a partition, a firewall dropping packets)
-    # must not hold a read or a write for the kernel's minutes: see REDIS_TCP_KEEPALIVE.
+    # fails a command in ~REDIS_LOST_AFTER_S instead of socket_timeout: see REDIS_TCP_KEEPALIVE.
     "socket_keepalive": True,
     "socket_keepalive_options": REDIS_TCP_KEEPALIVE,
 }

@@ -47,7 +47,7 @@ HOSTS = ["redis", "web1", "web2", "worker", "scheduler", "clients"]
 REDIS_PORT = 6379
 WEB_PORT = 8000
 CUT_S = 10
-TALK_AFTER_HEAL_S = 5
+TALK_AFTER_HEAL_S = 3
 # Bounds with room for a 2-core machine shared with other suites.
 TOLD_WITHIN_S = 8.0  # the cut host's clients are closed (or resynced) within this of the cut
 WHOLE_WITHIN_S = 10.0  # ... and have everything again within this of the heal
@@ -179,9 +179,9 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         cluster = Cluster(network, workdir, webs)
         for name, entry in (("worker", "worker"), ("scheduler", "scheduler"), ("web1", "web"), ("web2", "web")):
             cluster.processes[name] = start_unit(workdir, hosts[name], entry, configs[name], name)
+        webs["web1"].create_users("alice", "bob", "carol")  # while they start
         for web in webs.values():
             hosts["clients"].call(wait_until_ready, web)
-        webs["web1"].create_users("alice", "bob", "carol")
         yield cluster
     finally:
         network.close()
@@ -270,7 +270,7 @@ async def partition(cluster: Cluster, sessions: dict[str, str]) -> dict:
         await asyncio.gather(*talkers)
         sent = len(alice.sent) + len(bob.sent)
         await until(lambda: all(len(c.by_offset) >= sent and not c.pending for c in chatters), 30, "every message everywhere")
-        await asyncio.sleep(2)  # a few more status updates on both hosts
+        await asyncio.sleep(1.5)  # another status update or two on both hosts
         ended = time.monotonic()
     finally:
         for task in tasks:
