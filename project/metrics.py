@@ -201,6 +201,10 @@ agent_token_requests = Counter(
     "(accepted, revoked, unknown, missing, unchecked)",
     ["token", "outcome"],
 )
+# Refusals from 0 (project/api/tokens.py UNKNOWN, MISSING), for alerts on their rate; a token's
+# own series start at its first request.
+for outcome in ("unknown", "missing"):
+    agent_token_requests.labels("", outcome)
 
 
 def agent_token_used(token: str, outcome: str) -> None:
