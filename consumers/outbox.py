@@ -9,7 +9,9 @@ for a socket is appended here, without waiting, and the socket's own task writes
 The bound: when more than ``max_frames`` frames or ``max_bytes`` bytes of text wait, the
 queue calls ``on_overflow`` once per crossing; the consumer decides what a slow client of its
 kind gets (status: skip to the newest and resync; chat: closed, then resumes). See
-docs/protocol.md, "Slow clients".
+docs/protocol.md, "Slow clients". One frame alone is never over the bound, whatever its
+size: it is not a backlog (a whole-fleet snapshot of 10,000 machines is 2.5 MB), and treating
+it as one would drop it, ask for it again and drop it again.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Outbox:
         self.waiting.append((text, then))
         self.waiting_bytes += len(text)
         self.wakeup.set()
-        if len(self.waiting) > self.max_frames or self.waiting_bytes > self.max_bytes:
+        if len(self.waiting) > self.max_frames or (self.waiting_bytes > self.max_bytes and len(self.waiting) > 1):
             self.on_overflow(self)
 
     def clear(self) -> int:

@@ -17,6 +17,18 @@ SCHEDULER_FENCE = PREFIX + "scheduler:fence"
 STATUS_FEED = PREFIX + "feed:status"
 # Machines announced as changing that no stored update has carried yet: name -> version.
 STATUS_FEED_PENDING = PREFIX + "feed:status:pending"
+# The fleet as the stored updates left it (project/statusviews.py), written with each update:
+# name -> compact row, name -> whole machine, and names in order (sorted sets, score 0), all
+# and per state.
+STATUS_ROWS = PREFIX + "feed:status:rows"
+STATUS_MACHINES = PREFIX + "feed:status:machines"
+STATUS_NAMES = PREFIX + "feed:status:names"
+STATUS_STATE_NAMES = PREFIX + "feed:status:state:"
+# The views some web process shows (group -> view), each until its deadline (sorted set, ms),
+# and the last update's frame for each view (group -> text), sent again if its worker died.
+STATUS_VIEWS = PREFIX + "feed:status:views"
+STATUS_VIEW_DEADLINES = PREFIX + "feed:status:view-deadlines"
+STATUS_LAST_VIEWS = PREFIX + "feed:status:last-views"
 
 # Agent reports (and removals) answered 202: a stream the status workers read as a group.
 REPORTS_STREAM = PREFIX + "reports"

@@ -83,9 +83,13 @@ STATUS_UPDATE = "status.update"
 # dropped because you were not reading; a snapshot follows" (see slow clients below).
 STATUS_RESYNC = "status.resync"
 
+# Client -> server: show me this view of the fleet (a page, a state, a name search). Answered
+# with the view's snapshot, then its updates; without it a socket streams the whole fleet.
+STATUS_VIEW = "status.view"
+
 # Client frames each socket kind accepts; anything else is ``unknown_type``.
 CHAT_CLIENT_TYPES = frozenset({CHAT_MESSAGE, CHAT_HISTORY, CHAT_RESUME})
-STATUS_CLIENT_TYPES = frozenset({STATUS_RESYNC})
+STATUS_CLIENT_TYPES = frozenset({STATUS_RESYNC, STATUS_VIEW})
 
 # Worker-only message types (never seen by a client).
 CHAT_JOIN = "chat.join"
@@ -98,6 +102,47 @@ HEALTH_PING = "health.ping"  # readyz -> status worker; answered with HEALTH_PON
 HEALTH_PONG = "health.pong"
 
 STATUS_GROUP = "status"
+
+# --- Status views (docs/protocol.md, "Views") ------------------------------------------------
+
+# A view is a page of the machines matching a state and a name search, in name order. Sockets
+# showing the same view share a group, so each view's update is encoded once per tick.
+STATUS_PAGE_SIZE = 100
+STATUS_PAGE_MAX = 1_000_000
+# The machine-name alphabet; short enough that every view's group name stays under the
+# channel layer's 100 characters.
+STATUS_SEARCH_RE = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """What one dashboard shows. ``search`` is lower case and matches names containing it,
+    whatever their case; ``None`` for state or search means "any"."""
+
+    page: int = 1
+    state: str | None = None
+    search: str | None = None
+
+    @property
+    def group(self) -> str:
+        """The channel-layer group of the sockets showing this view."""
+        group = f"{STATUS_GROUP}.page.{self.page}"
+        if self.state is not None:
+            group += f".state.{self.state}"
+        if self.search is not None:
+            group += f".search.{self.search}"
+        return group
+
+    def describe(self) -> dict[str, Any]:
+        return {"page": self.page, "state": self.state, "search": self.search}
+
+    @property
+    def first(self) -> int:
+        """Index, in the view's ordered machines, of the first one on this page."""
+        return (self.page - 1) * STATUS_PAGE_SIZE
+
+    def shows_name(self, name: str) -> bool:
+        return self.search is None or self.search in name.lower()
 
 # --- Slow clients ---------------------------------------------------------------------------
 
@@ -123,6 +168,7 @@ EDGE_LIMITED = {
     CHAT_HISTORY: "reads",
     CHAT_RESUME: "reads",
     STATUS_RESYNC: "reads",
+    STATUS_VIEW: "reads",
 }
 # A handshake over the user's socket cap or join rate is accepted and closed with this code and
 # one of these reasons: back off (at least a second) before trying again.
@@ -303,3 +349,37 @@ def check_chat_resume(frame: dict[str, Any]) -> tuple[str, int]:
     if "after_id" in frame:
         return "id", _check_int(frame, "after_id", 0)
     raise ProtocolError(ErrorCode.INVALID_MESSAGE, "chat.resume needs after_offset (or after_id), an integer >= 0")
+
+
+def check_status_view(frame: dict[str, Any]) -> StatusView:
+    """The view a ``status.view`` frame selects: ``page`` (default 1), ``state`` and ``search``
+    (``null`` or absent: any; an empty search is no search)."""
+    page = _check_int({"page": frame.get("page", 1)}, "page", 1, STATUS_PAGE_MAX)
+    state = frame.get("state")
+    if state is not None and (not isinstance(state, str) or state not in MACHINE_STATES):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"state must be null or one of: {', '.join(MACHINE_STATES)}")
+    search = frame.get("search")
+    if search == "":
+        search = None
+    if search is not None and (not isinstance(search, str) or not STATUS_SEARCH_RE.fullmatch(search)):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, "search must be null or 1 to 40 of the characters of machine names: A-Z a-z 0-9 _ . -"
+        )
+    return StatusView(page, state, search.lower() if search is not None else None)
+
+
+def status_view_from_query(query_string: bytes) -> StatusView | None:
+    """The view a status socket's URL selects (``/ws/status/?page=2&state=failed&search=db``),
+    or ``None`` when it names none (the whole fleet). ``ProtocolError`` for a bad one."""
+    params = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
+    named = {name: values for name, values in params.items() if name in ("page", "state", "search")}
+    if not named:
+        return None
+    if any(len(values) != 1 for values in named.values()):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "page, state and search may each be given once")
+    frame: dict[str, Any] = {name: values[0] for name, values in named.items()}
+    page = frame.get("page", "1")
+    # isdigit() alone also accepts "²", which int() refuses: ASCII digits only.
+    frame["page"] = int(page) if page.isascii() and page.isdigit() and len(page) <= 7 else page
+    frame["state"] = frame.get("state") or None
+    return check_status_view(frame)

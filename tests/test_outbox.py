@@ -62,6 +62,16 @@ async def test_the_byte_bound_counts_waiting_text():
     assert overflows == [11]
 
 
+async def test_one_frame_larger_than_the_byte_bound_alone_is_not_an_overflow():
+    socket = Socket()
+    overflows: list[int] = []
+    outbox = Outbox(socket.write, on_overflow=lambda box: overflows.append(box.clear()), max_frames=100, max_bytes=10)
+    outbox.put("a whole-fleet snapshot")
+    assert overflows == []
+    outbox.put("an update behind it")
+    assert overflows == [2]
+
+
 async def test_then_runs_after_its_frame_is_written_and_not_if_it_is_dropped():
     socket = Socket()
     calls: list[list[str]] = []

@@ -256,22 +256,19 @@ async def test_snapshot_reports_the_current_epoch_and_seq(worker):
     assert (snapshot["type"], snapshot["epoch"], snapshot["seq"]) == ("status.snapshot", update["epoch"], update["seq"])
 
 
-async def test_snapshot_is_built_once_per_stored_update(worker, monkeypatch):
-    builds = []
-    build = fleet.machines
-    monkeypatch.setattr(fleet, "machines", lambda names=None: builds.append(names) or build(names))
-    await worker.ticked()
-    first = await worker.join()
-    again = await worker.join()
+async def test_snapshot_is_the_fleet_as_the_stored_updates_left_it(worker):
+    await worker.report("m1", {"state": "ready"})
+    first = await worker.ticked()
+    before = await worker.join()
     await worker.report("late", {"state": "pending"})
     update = await worker.ticked()
 
-    after_update = await worker.join()
+    after = await worker.join()
 
-    assert again == first
-    assert builds.count(None) == 2  # one for both joins before the update, one after
-    assert after_update["seq"] == update["seq"] == first["seq"] + 1
-    assert [m["name"] for m in after_update["machines"]] == ["late"]
+    assert before["seq"] == first["seq"] and before["machines"] == first["machines"]
+    assert after["seq"] == update["seq"] == first["seq"] + 1
+    assert [m["name"] for m in after["machines"]] == ["late", "m1"]
+    assert after["summary"] == update["summary"]
 
 
 async def test_expire_marks_silent_provisioning_machines_offline(worker, settings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -24,9 +25,15 @@ def publish(group: str, frame: dict[str, Any]) -> None:
     transaction.on_commit(lambda: async_to_sync(layer.group_send)(group, message))
 
 
-def broadcast_encoded(group: str, frame_type: str, text: str) -> None:
-    """Broadcast a frame already encoded and stored (the status feed's updates), right now."""
-    async_to_sync(get_channel_layer(settings.GROUP_LAYER_ALIAS).group_send)(group, {"type": frame_type, "text": text})
+def broadcast_encoded(broadcasts: list[tuple[str, dict[str, Any]]]) -> None:
+    """Send channel messages already built around encoded, stored frames (the status feed's
+    updates: the whole fleet's and each view's), each to its group, right now and all at once."""
+    layer = get_channel_layer(settings.GROUP_LAYER_ALIAS)
+
+    async def send_all() -> None:
+        await asyncio.gather(*(layer.group_send(group, message) for group, message in broadcasts))
+
+    async_to_sync(send_all)()
 
 
 def reply(channel: str, frame: dict[str, Any]) -> None:

@@ -9,11 +9,14 @@ and any may die at any line: the feed's epoch, sequence and pending changes live
 2. sends the previous update first if its worker died before sending it;
 3. reads the queued reports, announces the machines it will change, applies the reports and
    expires silent machines in the database;
-4. builds the update from every pending change and stores it as ``seq + 1`` (if another
-   worker stored one first, its changes simply stay pending for the next);
-5. acknowledges the reports and broadcasts the update once.
+4. builds the update from every pending change, for the whole fleet and for each view some
+   dashboard shows (project/statusviews.py), and stores it as ``seq + 1`` with the fleet as it
+   now publishes it (if another worker stored one first, its changes simply stay pending for
+   the next);
+5. acknowledges the reports and broadcasts the update once to each group.
 
-Sockets that join or resync get a ``status.snapshot`` built at most once per stored update.
+Sockets get their snapshots from the published fleet in Redis, read by their web process
+(consumers/fleetviews.py); this worker serves only ``/api/status``'s, from the same place.
 """
 
 from __future__ import annotations
@@ -24,17 +27,19 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import redis
 from django.conf import settings
 from django.utils import timezone
 
 from project import heartbeats, keys, protocol, redis_connections
-from project.protocol import relay
+from project.protocol import StatusView
 from project.reportqueue import ReportReader
+from project.statusviews import SNAPSHOT, FleetIndex, Published, snapshot_call, snapshot_from, view_change, view_header
 
 from . import fleet
 from .base import WorkerConsumer
-from .feed import Admission, FeedStore
+from .feed import Admission, FeedStore, Publication, ViewsChanged
 from .publish import broadcast_encoded, deliver
 from .system import SystemProbe
 
@@ -78,9 +83,10 @@ class StatusWorker(WorkerConsumer):
         self.reports = ReportReader(self.redis, self.instance)
         self.probe = SystemProbe()
         self.system = SystemProbe.unknown()
-        # ((epoch, seq), relayed snapshot): one build per stored update, shared by every join.
-        # It may miss changes applied after that update; the next update carries them.
-        self.snapshot: tuple[tuple[str, int], dict[str, Any]] | None = None
+        # ((epoch, seq), the fleet's order then): kept from the update this worker stored last,
+        # read from Redis again when another worker stored one since.
+        self.index: tuple[tuple[str, int], FleetIndex] | None = None
+        self._snapshot = self.redis.register_script(SNAPSHOT)
         start_saying_alive(self.redis, self.instance)
         self.started_ns = time.time_ns()
 
@@ -102,7 +108,9 @@ class StatusWorker(WorkerConsumer):
             return
         if admission.unsent_text is not None:
             log.warning("sending update %d, which a stopped worker stored but may not have sent", admission.seq)
-            self.broadcast(admission.seq, admission.unsent_text)
+            self.broadcast(admission.epoch, admission.seq, admission.unsent_text, admission.unsent_views)
+        if not admission.published:
+            self.seed(admission.epoch, admission.seq)
         self.advance(admission, message)
 
     def advance(self, admission: Admission, tick: dict[str, Any]) -> None:
@@ -120,55 +128,104 @@ class StatusWorker(WorkerConsumer):
         fleet.expire(expiring, cutoff)
         carried.update(self.feed.announce(changing))
 
-        machines = fleet.machines(carried) if carried else []
-        removed = sorted(set(carried) - {machine["name"] for machine in machines})
         tick_lag_ms = (tick.get("sent_ns", tick["tick_ns"]) - tick["tick_ns"]) / 1e6
         self.system = self.probe.sample(round(tick_lag_ms, 3))
-        seq = admission.seq + 1
-        text = protocol.encode(
-            {
-                "type": protocol.STATUS_UPDATE,
-                "epoch": admission.epoch,
-                "seq": seq,
-                "ts": now_iso(),
-                "tick_ns": tick["tick_ns"],
-                "machines": machines,
-                "removed": removed,
-                "summary": fleet.summary(),
-                "system": self.system,
-            }
-        )
-        stored = self.feed.store(admission, text, carried)
+        update = self.store_update(admission, tick, carried)
         self.reports.done(entries)
-        if not stored:
-            log.warning("another status worker stored update %d first; these changes go in the next", seq)
+        if update is None:
+            log.warning("another status worker stored update %d first; these changes go in the next", admission.seq + 1)
             return
-        self.broadcast(seq, text)
+        self.broadcast(admission.epoch, *update)
 
-    def broadcast(self, seq: int, text: str) -> None:
-        broadcast_encoded(protocol.STATUS_GROUP, protocol.STATUS_UPDATE, text)
+    # --- the update: the whole fleet's and each view's ---------------------------------
+
+    def store_update(self, admission: Admission, tick: dict[str, Any],
+                     carried: dict[str, int]) -> tuple[int, str, dict[str, str]] | None:
+        """Build update ``seq + 1`` from the ``carried`` changes and store it with what it
+        publishes: ``(seq, text, each view's frame by group)``, or ``None`` if another worker
+        stored one first."""
+        published = [Published.of(machine) for machine in (fleet.machines(carried) if carried else [])]
+        removed = sorted(set(carried) - {machine.name for machine in published})
+        seq = admission.seq + 1
+        head = {"type": protocol.STATUS_UPDATE, "epoch": admission.epoch, "seq": seq, "ts": now_iso(),
+                "tick_ns": tick["tick_ns"]}
+        summary, system = orjson.dumps(fleet.summary()), orjson.dumps(self.system)
+        text = protocol.encode({
+            **head, "machines": [orjson.Fragment(machine.whole) for machine in published], "removed": removed,
+            "summary": orjson.Fragment(summary), "system": orjson.Fragment(system),
+        })
+        before = self.fleet_index(admission)
+        after = before.after(published, removed)
+        while True:
+            views, version = self.feed.watched()
+            frames = self.view_frames(head, views, before, after, published, summary, system)
+            publication = Publication(published, removed, summary, system, frames, version)
+            try:
+                stored = self.feed.store(admission, text, carried, publication)
+                break
+            except ViewsChanged:
+                log.info("a view was registered while update %d was built; building its views again", seq)
+        if not stored:
+            return None
+        self.index = ((admission.epoch, seq), after)
+        return seq, text, frames
+
+    def view_frames(self, head: dict[str, Any], views: list[StatusView], before: FleetIndex, after: FleetIndex,
+                    published: list[Published], summary: bytes, system: bytes) -> dict[str, str]:
+        """Each view's update, by group: the rows of its page that changed or came onto it, and
+        the names that left it."""
+        changed = {machine.name: machine.row for machine in published}
+        changes = {view: view_change(view, before, after, changed.keys()) for view in views}
+        entering = sorted({name for change in changes.values() for name in change.shown if name not in changed})
+        rows = {**self.feed.rows(entering), **changed}
+        return {
+            view.group: protocol.encode({
+                **head, "view": view_header(view, change.total),
+                "rows": [orjson.Fragment(rows[name]) for name in change.shown], "removed": change.left,
+                "summary": orjson.Fragment(summary), "system": orjson.Fragment(system),
+            })
+            for view, change in changes.items()
+        }
+
+    def fleet_index(self, admission: Admission) -> FleetIndex:
+        if self.index is not None and self.index[0] == (admission.epoch, admission.seq):
+            return self.index[1]
+        return self.feed.index()
+
+    def seed(self, epoch: str, seq: int) -> None:
+        """Publish the whole fleet, as the database has it, as the fleet at ``seq``: when nothing
+        was published in this epoch (Redis lost it, or nothing was yet) or an update was stored
+        without it."""
+        published = [Published.of(machine) for machine in fleet.machines()]
+        if self.feed.seed(epoch, seq, published, orjson.dumps(fleet.summary()), orjson.dumps(self.system)):
+            self.index = ((epoch, seq), FleetIndex({machine.name: machine.state for machine in published}))
+            log.info("published the fleet (%d machines) as it stands at update %d", len(published), seq)
+
+    def broadcast(self, epoch: str, seq: int, text: str, view_frames: dict[str, str]) -> None:
+        """Send update ``seq`` to the whole fleet's group and to each view's. The channel message
+        says which update it is (consumers/status.py drops one a snapshot already covers)."""
+        messages = [(protocol.STATUS_GROUP, text), *view_frames.items()]
+        broadcast_encoded([
+            (group, {"type": protocol.STATUS_UPDATE, "text": frame, "epoch": epoch, "seq": seq})
+            for group, frame in messages
+        ])
         self.feed.mark_sent(seq)
 
-    # --- sockets and the snapshot API ---------------------------------------------------
+    # --- the snapshot API -------------------------------------------------------------------
 
     def status_join(self, message: dict[str, Any]) -> None:
-        position = self.feed.current()
-        if self.snapshot is None or self.snapshot[0] != position:
-            self.snapshot = (position, relay(self.snapshot_frame(*position)))
-        deliver(message["reply_channel"], self.snapshot[1])
+        """``/api/status``: the whole fleet's snapshot, as a socket gets it from its web process."""
+        script_keys, args = snapshot_call(None)
+        snapshot = snapshot_from(None, self._snapshot(keys=script_keys, args=args))
+        if snapshot is None:  # nothing published yet in this epoch
+            self.seed(*self.feed.current())
+            snapshot = snapshot_from(None, self._snapshot(keys=script_keys, args=args))
+        if snapshot is None:
+            log.warning("no snapshot to serve: another status worker is publishing the fleet")
+            return
+        deliver(message["reply_channel"], {"type": protocol.STATUS_SNAPSHOT, "text": snapshot.text})
 
     status_resync = status_join
-
-    def snapshot_frame(self, epoch: str, seq: int) -> dict[str, Any]:
-        return {
-            "type": protocol.STATUS_SNAPSHOT,
-            "epoch": epoch,
-            "seq": seq,
-            "ts": now_iso(),
-            "machines": fleet.machines(),
-            "summary": fleet.summary(),
-            "system": self.system,
-        }
 
     def health_ping(self, message: dict[str, Any]) -> None:
         epoch, _ = self.feed.current()
