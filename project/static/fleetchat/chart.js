@@ -1,4 +1,8 @@
 // A small canvas line chart for the dashboard's last five minutes, one point per second.
+//
+// Its size is measured only when the window resizes (measure()): reading it on every draw, right
+// after the page changed a hundred cards, would force the browser to lay the page out then and
+// there, which cost more than everything else an update does.
 
 export class LineChart {
   constructor(canvas, series, { capacity = 300, max = null } = {}) {
@@ -7,6 +11,12 @@ export class LineChart {
     this.capacity = capacity;
     this.fixedMax = max;
     this.points = []; // [{key: value}]
+    this.measure();
+  }
+
+  measure() {
+    this.width = this.canvas.clientWidth;
+    this.height = this.canvas.clientHeight;
   }
 
   push(values) {
@@ -16,8 +26,7 @@ export class LineChart {
 
   draw() {
     const ratio = window.devicePixelRatio || 1;
-    const width = this.canvas.clientWidth;
-    const height = this.canvas.clientHeight;
+    const { width, height } = this;
     if (this.canvas.width !== width * ratio) this.canvas.width = width * ratio;
     if (this.canvas.height !== height * ratio) this.canvas.height = height * ratio;
     const context = this.canvas.getContext("2d");
