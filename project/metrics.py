@@ -171,11 +171,10 @@ def socket_closed(kind: str) -> None:
 # --- web: the report API -----------------------------------------------------------------------
 
 api_answers = Counter(
-    "fleetchat_api_reports", "Agent API answers by endpoint (machine_report, machine) and status code", ["endpoint", "code"]
+    "fleetchat_api_reports", "Agent API answers by view (machine_report, report_batch, machine) and status code",
+    ["endpoint", "code"],
 )
-
-
-for endpoint in ("machine_report", "machine"):
+for endpoint in ("machine_report", "report_batch", "machine"):
     api_answers.labels(endpoint, "202")
 
 
