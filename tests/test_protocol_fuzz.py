@@ -10,6 +10,7 @@ lone surrogates, duplicate keys, deep nesting) and text or bytes that are not JS
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -133,6 +134,17 @@ def checked_or_refused(frame: dict[str, Any]) -> None:
     if resume is not None:
         position, after = resume
         assert position in ("offset", "id") and 0 <= after <= protocol.INT_FIELD_MAX
+    view = attempt(protocol.check_status_view, frame)
+    if view is not None:
+        assert_a_view(view)
+
+
+def assert_a_view(view: protocol.StatusView) -> None:
+    """A view whose group the channel layer takes (its names are bounded and spelt narrowly)."""
+    assert 1 <= view.page <= protocol.STATUS_PAGE_MAX
+    assert view.state is None or view.state in protocol.MACHINE_STATES
+    assert view.search is None or (protocol.STATUS_SEARCH_RE.fullmatch(view.search) and view.search == view.search.lower())
+    assert len(view.group) < 100 and re.fullmatch(r"[a-zA-Z\d\-_.]+", view.group)
 
 
 FUZZ = settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -166,3 +178,20 @@ def test_checkers_answer_any_values_or_refuse_them(frame):
 def test_resume_offset_is_a_bigint_or_none(query_string):
     offset = protocol.resume_offset(query_string)
     assert offset is None or 0 <= offset <= protocol.INT_FIELD_MAX
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=80), st.builds(
+    lambda name, value: f"{name}={value}".encode(), st.sampled_from(["page", "state", "search"]), st.text(max_size=50),
+)))
+@example(b"page=%C2%B2")
+@example(b"page=2&page=3")
+@example(b"search=" + b"x" * 41)
+def test_a_status_url_names_a_view_or_none_or_is_refused(query_string):
+    try:
+        view = protocol.status_view_from_query(query_string)
+    except ProtocolError as error:
+        assert protocol.encode(error.frame())
+        return
+    if view is not None:
+        assert_a_view(view)
