@@ -1,8 +1,8 @@
 """Every Prometheus metric of the service, defined once (docs/operations.md, "Metrics").
 
-Instrumented code makes one call per event: ``metrics.handshake(kind, outcome)``, or a child
-bound once and ``inc()``-ed per frame (``consumers/outbox.py``). Nothing here waits on I/O
-or takes a lock of ours on a hot path.
+Instrumented code makes one call per event: ``metrics.handshake(kind, outcome)``, or, per
+frame written to a socket, ``inc()`` on a :class:`Tally` bound once per socket
+(``consumers/outbox.py``). Nothing here waits on I/O or takes a lock on a hot path.
 
 Where the numbers live:
 
@@ -12,7 +12,7 @@ Where the numbers live:
   The directory belongs to the uvicorn master that started them:
   ``$PROMETHEUS_MULTIPROC_DIR/web-<master pid>-<master start ms>``. A new master gets a new,
   empty one; directories of masters that are gone are removed by the first process of the next;
-  a dead process's gauges are dropped at scrape time (``project/metrics_http.py``).
+  a dead process's gauges are dropped at scrape time (``project/api/metrics.py``).
 - **worker** and **scheduler** are one process each and keep theirs in memory; each serves them
   on ``METRICS_PORT`` (``project/metrics_http.py``).
 
