@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import statistics
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -71,7 +72,7 @@ class Cluster:
     network: netns.Network
     workdir: Path
     webs: dict[str, WebHost]
-    processes: dict[str, object] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def host(self, name: str) -> netns.Host:
         return self.network.hosts[name]
