@@ -49,11 +49,13 @@ def stack(tmp_path_factory, redis_url):
     restarted with a METRICS_PORT each."""
     stacks = make_stack(tmp_path_factory, redis_url, METRICS_TOKEN=METRICS_TOKEN, FLEET_TOKEN=FLEET_TOKEN)
     stack = next(stacks)
-    stack.metrics_ports = {}
-    for name in ("worker", "scheduler"):
-        start_with_metrics_port(stack, name)
-    yield stack
-    next(stacks, None)  # make_stack stops the processes
+    try:
+        stack.metrics_ports = {}
+        for name in ("worker", "scheduler"):
+            start_with_metrics_port(stack, name)
+        yield stack
+    finally:
+        next(stacks, None)  # make_stack stops the processes
 
 
 @pytest.fixture(scope="module")
