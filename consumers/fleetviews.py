@@ -26,7 +26,8 @@ import redis.asyncio as redis
 from project import keys, redis_connections
 from project.protocol import StatusView
 from project.statusviews import (
-    REGISTER, SNAPSHOT, VIEW_REFRESH_S, VIEW_TTL_MS, Snapshot, register_call, snapshot_call, snapshot_from,
+    REGISTER, SNAPSHOT, VIEW_REFRESH_S, VIEW_TTL_MS, Snapshot, TooManyViews, register_call, snapshot_call,
+    snapshot_from,
 )
 
 log = logging.getLogger(__name__)
@@ -87,16 +88,20 @@ class FleetViews:
     async def register(self, views: list[StatusView]) -> None:
         script_keys, args = register_call(views)
         now = time.monotonic()
-        await self.script(REGISTER)(keys=script_keys, args=args)
+        answer = await self.script(REGISTER)(keys=script_keys, args=args)
         self.registered_at.update(dict.fromkeys(views, now))
+        if answer < 0:
+            for view in views:  # which of them were refused is not said: ask again next time
+                self.registered_at.pop(view, None)
+            raise TooManyViews()
 
     async def refresh_forever(self) -> None:
         while self.shown:
             await asyncio.sleep(VIEW_REFRESH_S)
             try:
                 await self.register(list(self.shown))
-            except redis.RedisError as error:
-                log.warning("could not renew %d view(s) in the registry (%s)", len(self.shown), error)
+            except (redis.RedisError, TooManyViews) as error:
+                log.warning("could not renew %d view(s) in the registry (%r)", len(self.shown), error)
 
     # --- snapshots -----------------------------------------------------------------------------
 
@@ -104,7 +109,8 @@ class FleetViews:
         """``view``'s snapshot (``None``: the whole fleet) at the feed's position now or later.
 
         The caller has joined the view's group. Waits while there is nothing to read yet or
-        Redis does not answer (the caller's task is cancelled if its socket closes)."""
+        Redis does not answer (the caller's task is cancelled if its socket closes); raises
+        :class:`TooManyViews` if the view cannot be registered."""
         while True:
             try:
                 snapshot = await self.try_snapshot(view)

@@ -18,6 +18,7 @@ from typing import Any
 
 from project import metrics, protocol
 from project.protocol import ErrorCode, ProtocolError, StatusView
+from project.statusviews import TooManyViews
 
 from .base import RelayConsumer, group_layer, identify
 from .fanout import fanout_for
@@ -104,7 +105,13 @@ class StatusConsumer(RelayConsumer):
         self.serving = asyncio.get_running_loop().create_task(self.send_snapshot())
 
     async def send_snapshot(self) -> None:
-        snapshot = await fleet_views.snapshot(self.view)
+        try:
+            snapshot = await fleet_views.snapshot(self.view)
+        except TooManyViews:
+            self.held = None
+            detail = f"{protocol.STATUS_VIEWS_MAX} different views are shown already; try again shortly"
+            await self.send_frame(ProtocolError(ErrorCode.SERVER_BUSY, detail).frame())
+            return
         self.outbox.put(snapshot.text)
         held, self.held = self.held or (), None
         self.covered = (snapshot.epoch, snapshot.seq)

@@ -109,6 +109,9 @@ STATUS_GROUP = "status"
 # showing the same view share a group, so each view's update is encoded once per tick.
 STATUS_PAGE_SIZE = 100
 STATUS_PAGE_MAX = 1_000_000
+# Different views shown at once, over every web process: each costs the status worker a page
+# computed and a group sent every second. A view beyond them is answered ``server_busy``.
+STATUS_VIEWS_MAX = 200
 # The machine-name alphabet; short enough that every view's group name stays under the
 # channel layer's 100 characters.
 STATUS_SEARCH_RE = re.compile(r"[A-Za-z0-9_.-]{1,40}")

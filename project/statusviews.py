@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from . import keys
-from .protocol import MACHINE_STATES, STATUS_PAGE_SIZE, STATUS_SNAPSHOT, StatusView, iso_utc
+from .protocol import STATUS_PAGE_SIZE, STATUS_SNAPSHOT, STATUS_VIEWS_MAX, StatusView, iso_utc
 
 # A web process re-registers the views it shows this often; one not re-registered for
 # VIEW_TTL_MS is dropped by the next update (its sockets closed, or their process died).
@@ -188,22 +188,39 @@ def snapshot_from(view: StatusView | None, reply: list[Any]) -> Snapshot | None:
 # --- The registry of watched views -------------------------------------------------------------
 
 # KEYS: views (group -> view JSON), their deadlines (sorted set), feed.
-# ARGV: deadline ms, then group, view JSON pairs. A view new to the registry bumps the feed's
-# ``views_version``, so that an update being built without it is built again (workers/feed.py).
+# ARGV: now ms, deadline ms, the most views there may be, then group, view JSON pairs.
+# Drops the views past their deadline; renews those given; adds those new to the registry while
+# it holds fewer than the most, bumping the feed's ``views_version`` so that an update being
+# built without them is built again (workers/feed.py). -> how many were added, or minus how
+# many were refused.
 REGISTER = """
-local added = 0
-for i = 2, #ARGV, 2 do
-  added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
+for _, group in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])) do
+  redis.call('HDEL', KEYS[1], group)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local added, refused = 0, 0
+for i = 4, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+    refused = refused + 1
+  else
+    added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[i])
+  end
 end
 if added > 0 then redis.call('HINCRBY', KEYS[3], 'views_version', 1) end
+if refused > 0 then return -refused end
 return added
 """
 
 
+class TooManyViews(Exception):
+    """The registry holds STATUS_VIEWS_MAX views already: a new one is not served."""
+
+
 def register_call(views: Iterable[StatusView]) -> tuple[list[str], list[Any]]:
     """``(keys, args)`` of :data:`REGISTER` for ``views``, watched for the next VIEW_TTL_MS."""
-    args: list[Any] = [int(time.time() * 1000) + VIEW_TTL_MS]
+    now_ms = int(time.time() * 1000)
+    args: list[Any] = [now_ms, now_ms + VIEW_TTL_MS, STATUS_VIEWS_MAX]
     for view in views:
         args += [view.group, orjson.dumps(view.describe())]
     return [keys.STATUS_VIEWS, keys.STATUS_VIEW_DEADLINES, keys.STATUS_FEED], args

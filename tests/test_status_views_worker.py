@@ -168,3 +168,20 @@ async def test_an_update_stored_without_the_fleet_has_the_whole_fleet_published_
 
     assert unpublished is None
     assert (snapshot["seq"], [(m["name"], m["state"]) for m in snapshot["machines"]]) == (update["seq"], [("m1", "failed")])
+
+
+def test_the_registry_holds_at_most_status_views_max_views(leading_redis, monkeypatch):
+    def register(*views: StatusView) -> int:
+        script_keys, args = register_call(views)
+        return leading_redis.eval(REGISTER, len(script_keys), *script_keys, *args)
+
+    first = [StatusView(page=page) for page in range(1, protocol.STATUS_VIEWS_MAX + 1)]
+    assert register(*first) == protocol.STATUS_VIEWS_MAX
+    assert register(StatusView(state="failed")) == -1
+    assert register(first[0]) == 0  # one already there is renewed
+    monkeypatch.setattr("project.statusviews.VIEW_TTL_MS", -1)
+    register(*first[1:])  # their deadlines pass: the next registration drops them
+    monkeypatch.undo()
+
+    assert register(StatusView(state="failed")) == 1
+    assert leading_redis.hlen(keys.STATUS_VIEWS) == 2
