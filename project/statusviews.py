@@ -82,10 +82,13 @@ class FleetIndex:
         """Every machine the view's state and search match (all its pages), in name order."""
         key = (view.state, view.search)
         if key not in self.matching:
-            self.matching[key] = [
-                name for name in self.names
-                if (view.state is None or self.states[name] == view.state) and view.shows_name(name)
-            ]
+            if view.search is not None:
+                in_state = self.members(StatusView(state=view.state))
+                self.matching[key] = [name for name in in_state if view.search in name.lower()]
+            elif view.state is not None:
+                self.matching[key] = [name for name in self.names if self.states[name] == view.state]
+            else:
+                self.matching[key] = self.names
         return self.matching[key]
 
     def page(self, view: StatusView) -> list[str]:
