@@ -574,7 +574,8 @@ def busy_fleet_reports(machines: int, seconds: float, connections: int, batch: i
             connect_rate=CONNECT_RATE))) if clients else None
         stop, sent = threading.Event(), {}
         prober = threading.Thread(target=probe_reports, args=(stack, stop, sent))
-        with monitor.measuring(warm) as cost:
+        with monitor.measuring(warm) as cost, \
+                profiling(stack, f"reports-m{machines}-b{batch}-d{clients}", warm, seconds):
             if watching:
                 watching.start()
             time.sleep(warm)
@@ -754,7 +755,7 @@ def main() -> None:
                         help="reports: reports per second offered (0: as fast as they are answered)")
     parser.add_argument("--no-seq", action="store_true",
                         help="reports: without seq (for a tree from before reports could carry one)")
-    parser.add_argument("--profile", action="store_true", help="S1: py-spy the web process")
+    parser.add_argument("--profile", action="store_true", help="S1, reports: py-spy the web processes")
     parser.add_argument("--pad-bytes", type=int, default=0, help="S0: padding per update, to match S1's frame size")
     parser.add_argument("--web", choices=sorted(WEB_SERVERS), default="procfile", help="web server under test")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
