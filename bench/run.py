@@ -261,14 +261,16 @@ def s0(clients: int, seconds: float, processes: int, pad_bytes: int = 0) -> dict
     return row("S0 ceiling", {"clients": clients, "seconds": seconds, "pad_bytes": pad_bytes}, books, cost)
 
 
-def s1(clients: int, seconds: float, processes: int, machines: int = 200, scenario: str = "S1 status") -> dict:
+def s1(clients: int, seconds: float, processes: int, machines: int = 200, scenario: str = "S1 status",
+       path: str = "/ws/status/") -> dict:
     with private_redis() as (redis_server, url), our_stack(url) as stack, simulated_fleet(stack, machines):
         monitor = Monitor(stack_processes(stack, redis_server), url)
         with monitor.measuring(loadgen.warmup_s(clients, CONNECT_RATE)) as cost, \
                 profiling(stack, f"s1-{clients}-m{machines}-{web_server}", loadgen.warmup_s(clients, CONNECT_RATE), seconds):
-            books = loadgen.run("status", stack.ws_url + "/ws/status/", clients, seconds, processes, stack.session,
+            books = loadgen.run("status", stack.ws_url + path, clients, seconds, processes, stack.session,
                                 connect_rate=CONNECT_RATE)
-    return row(scenario, {"clients": clients, "seconds": seconds, "machines": machines}, books, cost)
+    params = {"clients": clients, "seconds": seconds, "machines": machines}
+    return row(scenario, {**params, **({"path": path} if path != "/ws/status/" else {})}, books, cost)
 
 
 profile = False
@@ -748,6 +750,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1)
     parser.add_argument("--connect-rate", type=float, default=200)
     parser.add_argument("--machines", type=int, default=200, help="S1, reports: simulated machines reporting")
+    parser.add_argument("--path", default="/ws/status/",
+                        help="S1: the status sockets' path, e.g. '/ws/status/?page=1' (a view; docs/protocol.md)")
     parser.add_argument("--connections", type=int, default=64, help="reports: the agents' keep-alive connections")
     parser.add_argument("--batch", type=int, default=1,
                         help="reports: machines per request (1: the single endpoint; more: POST /api/reports)")
@@ -768,7 +772,7 @@ def main() -> None:
     runners = {
         "standard": lambda: standard(args.quick, args.processes),
         "s0": lambda: [s0(args.clients, args.seconds, args.processes, args.pad_bytes)],
-        "s1": lambda: [s1(args.clients, args.seconds, args.processes, args.machines)],
+        "s1": lambda: [s1(args.clients, args.seconds, args.processes, args.machines, path=args.path)],
         "s2": lambda: [s2(args.clients, args.senders, args.rate, args.seconds, args.processes)],
         "s3": lambda: [s3_original(args.clients, args.seconds, args.processes),
                        s1(args.clients, args.seconds, args.processes, machines=0, scenario="S3 ours: /ws/status/")],
