@@ -16,6 +16,8 @@ import tempfile
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from project.redis_connections import redis_reconnect_once
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -309,6 +311,11 @@ REDIS_LAYER_HOST = {
     # fails a command in ~REDIS_LOST_AFTER_S instead of socket_timeout: see REDIS_TCP_KEEPALIVE.
     "socket_keepalive": True,
     "socket_keepalive_options": REDIS_TCP_KEEPALIVE,
+    # A pooled connection to a Redis that restarted or failed over is dead, and redis-py finds out
+    # only when a command fails on it ("Connection closed by server."), seconds after the server
+    # is back: a join forwarded then closed its socket with 1011. One immediate retry on a fresh
+    # connection; not on timeouts, so a partition is noticed no later.
+    "retry": redis_reconnect_once(asynchronous=True),
 }
 if REDIS_SENTINELS:
     REDIS_LAYER_HOST.update(

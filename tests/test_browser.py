@@ -72,6 +72,16 @@ def live(page) -> None:
     page.wait_for_selector("[data-connection-indicator][data-state='open']", timeout=15000)
 
 
+def wait_for(page, condition: str, timeout_s: float = 10) -> None:
+    """Until the expression ``condition`` holds in the page. Not Playwright's wait_for_function:
+    it polls with ``eval``, which the pages' Content-Security-Policy refuses in some Chromium
+    versions (156 does, Debian's 130s did not)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(condition):
+        assert time.monotonic() < deadline, f"never true: {condition}"
+        page.wait_for_timeout(50)
+
+
 def send(page, text: str) -> None:
     page.fill("#composer-input", text)
     page.press("#composer-input", "Enter")
@@ -246,7 +256,7 @@ def test_a_message_sent_while_the_worker_is_down_is_delivered_once_when_it_retur
 def test_dashboard_shows_a_reported_machine_within_two_seconds(browser, stack, sessions):
     page = open_page(browser, stack, sessions["ana"], "/dashboard/")
     live(page)
-    page.wait_for_function("document.getElementById('last-update').textContent.startsWith('last update')")
+    wait_for(page, "document.getElementById('last-update').textContent.startsWith('last update')")
     reported_at = time.monotonic()
     report(stack, "db-07", {"state": "provisioning", "progress": 37,
                             "software": [{"name": "postgresql", "state": "installing", "percent": 63}]})
@@ -265,7 +275,7 @@ def test_stale_warning_follows_the_scheduler(browser, stack, sessions):
     page = open_page(browser, stack, sessions["ana"], "/dashboard/")
     live(page)
     warning = page.locator("#stale-warning")
-    page.wait_for_function("document.getElementById('last-update').textContent.startsWith('last update')")
+    wait_for(page, "document.getElementById('last-update').textContent.startsWith('last update')")
     assert warning.is_hidden()
     stack.stop("scheduler")
     try:

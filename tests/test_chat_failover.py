@@ -130,7 +130,7 @@ async def test_a_message_stored_but_never_broadcast_reaches_connected_clients(st
             while not all(client.last_offset == 2 for client in clients):
                 await asyncio.sleep(0.05)
         delays = [client.first_after(stored_at) for client in clients]
-        assert all(client.closes == [] for client in clients), "a client had to reconnect"
+        assert all(client.closes == [] for client in clients), f"a client had to reconnect: {[client.closes for client in clients]}"
         assert [m["message"] for m in clients[1].shown()] == ["seen live", "stored, never broadcast"]
         assert max(delays) <= 5, delays
     finally:

@@ -24,7 +24,7 @@ from project import protocol
 from . import csp
 from .conftest import make_stack
 from .stack import Stack
-from .test_browser import browser, live, open_page  # noqa: F401 (the browser fixture)
+from .test_browser import browser, live, open_page, wait_for  # noqa: F401 (the browser fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -108,15 +108,6 @@ def socket_bytes(page) -> dict[str, list[int]]:
 
     page.on("websocket", on_socket)
     return sizes
-
-
-def wait_for(page, condition: str, timeout_s: float = 10) -> None:
-    """Until the expression ``condition`` holds in the page (Playwright's wait_for_function
-    evaluates it with ``eval``, which the pages' Content-Security-Policy refuses)."""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(condition):
-        assert time.monotonic() < deadline, f"never true: {condition}"
-        page.wait_for_timeout(50)
 
 
 def dashboard_stats(page) -> dict:
