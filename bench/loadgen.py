@@ -167,7 +167,9 @@ async def chat_client(ws, books: Books, deadline: float, options: dict, index: i
             counter += 1
             client_id = f"p{os.getpid()}-c{index}-{counter}"
             sent_client_ids.add(client_id)
-            await ws.send(json.dumps({"type": "chat.message", "message": f"load {counter}", "client_id": client_id}))
+            await ws.send(
+                json.dumps({"type": "chat.message", "message": f"load {counter}", "client_id": client_id})
+            )
             next_at += period
 
     task = asyncio.create_task(send_loop()) if sender else None
@@ -201,8 +203,12 @@ async def run_clients(options: dict) -> dict:
         began = time.monotonic()
         try:
             ws = await websockets.connect(
-                options["url"], origin=options["origin"], additional_headers=headers,
-                open_timeout=options["open_timeout"], max_size=None, ping_interval=None,
+                options["url"],
+                origin=options["origin"],
+                additional_headers=headers,
+                open_timeout=options["open_timeout"],
+                max_size=None,
+                ping_interval=None,
                 compression=None,
             )
         except Exception as error:  # every kind of refusal is a data point here
@@ -277,8 +283,18 @@ def warmup_s(clients: int, connect_rate: float = 0) -> float:
     return clients / connect_rate + 2 if connect_rate else 2 + clients / 500
 
 
-def run(mode: str, url: str, clients: int, seconds: float, processes: int = 1, session: str | None = None,
-        connect_rate: float = 0, senders: int = 0, rate: float = 1, open_timeout: float = 10) -> dict[str, Any]:
+def run(
+    mode: str,
+    url: str,
+    clients: int,
+    seconds: float,
+    processes: int = 1,
+    session: str | None = None,
+    connect_rate: float = 0,
+    senders: int = 0,
+    rate: float = 1,
+    open_timeout: float = 10,
+) -> dict[str, Any]:
     """Run the load and return the summed books (see the module docstring)."""
     parsed = urlparse(url)
     if parsed.hostname not in LOOPBACK:
@@ -294,10 +310,19 @@ def run(mode: str, url: str, clients: int, seconds: float, processes: int = 1, s
     for index in range(processes):
         share = clients // processes + (1 if index < clients % processes else 0)
         options = {
-            "mode": mode, "url": url, "origin": origin, "clients": share, "seconds": seconds,
-            "session": session, "connect_rate": connect_rate / processes if connect_rate else 0,
-            "senders_here": senders if index == 0 else 0, "rate": rate, "open_timeout": open_timeout,
-            "deadline_wall": deadline_wall, "send_start_wall": now + warmup, "drain_s": drain_s,
+            "mode": mode,
+            "url": url,
+            "origin": origin,
+            "clients": share,
+            "seconds": seconds,
+            "session": session,
+            "connect_rate": connect_rate / processes if connect_rate else 0,
+            "senders_here": senders if index == 0 else 0,
+            "rate": rate,
+            "open_timeout": open_timeout,
+            "deadline_wall": deadline_wall,
+            "send_start_wall": now + warmup,
+            "drain_s": drain_s,
             "measure_from_wall": now + warmup,
         }
         worker = multiprocessing.Process(target=client_process, args=(options, queue), daemon=True)
@@ -309,7 +334,9 @@ def run(mode: str, url: str, clients: int, seconds: float, processes: int = 1, s
     return summarise(mode, parts, clients, seconds, senders, rate)
 
 
-def summarise(mode: str, parts: list[dict], clients: int, seconds: float, senders: int, rate: float) -> dict[str, Any]:
+def summarise(
+    mode: str, parts: list[dict], clients: int, seconds: float, senders: int, rate: float
+) -> dict[str, Any]:
     latencies = [value for part in parts for value in part["latencies_ms"]]
     connect_ms = [value for part in parts for value in part["connect_ms"]]
     worker_lag = [value for part in parts for value in part["worker_lag_ms"]]
@@ -327,19 +354,25 @@ def summarise(mode: str, parts: list[dict], clients: int, seconds: float, sender
         "disconnects": sum(part["disconnects"] for part in parts),
         "frames": sum(part["frames"] for part in parts),
         "deliveries_per_s": round(sum(part["frames"] for part in parts) / seconds, 1),
-        "mean_frame_bytes": round(sum(part["frame_bytes"] for part in parts) / max(1, sum(part["frames"] for part in parts))),
+        "mean_frame_bytes": round(
+            sum(part["frame_bytes"] for part in parts) / max(1, sum(part["frames"] for part in parts))
+        ),
         "missed": sum(part["missed"] for part in parts),
         "duplicated": sum(part["duplicated"] for part in parts),
         "resyncs": sum(part["resyncs"] for part in parts),
         "server_resyncs": sum(part["server_resyncs"] for part in parts),
         "dropped": sum(part["dropped"] for part in parts),
         "latency_ms": {
-            "p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99),
+            "p50": percentile(latencies, 0.50),
+            "p99": percentile(latencies, 0.99),
             "max": round(max(latencies), 2) if latencies else None,
             "mean": round(statistics.fmean(latencies), 2) if latencies else None,
         },
-        "worker_lag_ms": {"p50": percentile(worker_lag, 0.50), "p99": percentile(worker_lag, 0.99),
-                          "max": round(max(worker_lag), 2) if worker_lag else None},
+        "worker_lag_ms": {
+            "p50": percentile(worker_lag, 0.50),
+            "p99": percentile(worker_lag, 0.99),
+            "max": round(max(worker_lag), 2) if worker_lag else None,
+        },
         "connect_ms": {"p50": percentile(connect_ms, 0.5), "p99": percentile(connect_ms, 0.99)},
         "client_cpu_s": round(sum(part["cpu_s"] for part in parts), 2),
         "client_processes": len(parts),
@@ -361,12 +394,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--session", help="a sessionid cookie value for authenticated endpoints")
-    parser.add_argument("--connect-rate", type=float, default=0, help="new sockets per second (0: all at once)")
+    parser.add_argument(
+        "--connect-rate", type=float, default=0, help="new sockets per second (0: all at once)"
+    )
     parser.add_argument("--senders", type=int, default=0, help="chat: how many members send")
     parser.add_argument("--rate", type=float, default=1, help="chat: messages per second per sender")
     args = parser.parse_args()
-    summary = run(args.mode, args.url, args.clients, args.seconds, args.processes, args.session,
-                  args.connect_rate, args.senders, args.rate)
+    summary = run(
+        args.mode,
+        args.url,
+        args.clients,
+        args.seconds,
+        args.processes,
+        args.session,
+        args.connect_rate,
+        args.senders,
+        args.rate,
+    )
     print(json.dumps(summary, indent=2))
 
 

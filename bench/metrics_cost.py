@@ -5,6 +5,7 @@ they are and replaced by no-ops, alternately.
 
     python bench/metrics_cost.py [runs]
 """
+
 import asyncio
 import multiprocessing
 import os
@@ -65,4 +66,6 @@ if __name__ == "__main__":
             for counted in (False, True):
                 results[counted].append(pool.apply(measure, (counted,)))
     for counted, values in results.items():
-        print(f"counters {'on ' if counted else 'off'}: µs/frame median {statistics.median(values):.3f}  runs {[round(v, 3) for v in values]}")
+        print(
+            f"counters {'on ' if counted else 'off'}: µs/frame median {statistics.median(values):.3f}  runs {[round(v, 3) for v in values]}"
+        )

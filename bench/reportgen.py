@@ -66,8 +66,10 @@ class Fleet:
         report = {
             "state": "ready" if step == 100 else "provisioning",
             "progress": step,
-            "software": [{"name": package, "state": "done" if step == 100 else "installing", "percent": step}
-                         for package in PACKAGES],
+            "software": [
+                {"name": package, "state": "done" if step == 100 else "installing", "percent": step}
+                for package in PACKAGES
+            ],
         }
         return {**report, "seq": self.seq[name]} if self.with_seq else report
 
@@ -78,9 +80,13 @@ def request_bytes(host: str, token: str, fleet: Fleet, batch: int) -> bytes:
         path, body = f"/api/machines/{name}/report", orjson.dumps(fleet.report(name))
     else:
         path = "/api/reports"
-        body = orjson.dumps([{"name": name, "report": fleet.report(name)} for name in fleet.next_names(batch)])
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        body = orjson.dumps(
+            [{"name": name, "report": fleet.report(name)} for name in fleet.next_names(batch)]
+        )
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -94,7 +100,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def agent_connection(options: dict, fleet: Fleet, books: Books, deadline: float, interval_s: float) -> None:
+async def agent_connection(
+    options: dict, fleet: Fleet, books: Books, deadline: float, interval_s: float
+) -> None:
     """One keep-alive connection sending requests until ``deadline`` (monotonic)."""
     host, port, batch = options["host"], options["port"], options["batch"]
     reader = writer = None
@@ -133,8 +141,13 @@ async def run_agents(options: dict) -> dict:
     per_connection = [options["names"][n::connections] for n in range(connections)]
     # Open loop: each connection offers its share of the rate, in requests.
     interval_s = connections * options["batch"] / options["rate"] if options["rate"] else 0.0
-    await asyncio.gather(*(agent_connection(options, Fleet(names, options["seq"]), books, deadline, interval_s)
-                           for names in per_connection if names))
+    await asyncio.gather(
+        *(
+            agent_connection(options, Fleet(names, options["seq"]), books, deadline, interval_s)
+            for names in per_connection
+            if names
+        )
+    )
     books.cpu_s = time.process_time() - started_cpu
     return books.__dict__
 
@@ -146,8 +159,18 @@ def agent_process(options: dict, queue: multiprocessing.Queue) -> None:
     queue.put(asyncio.run(run_agents(options)))
 
 
-def run(url: str, token: str, machines: int, seconds: float, connections: int = 64, batch: int = 1,
-        processes: int = 1, rate: float = 0, seq: bool = False, prefix: str = "node") -> dict:
+def run(
+    url: str,
+    token: str,
+    machines: int,
+    seconds: float,
+    connections: int = 64,
+    batch: int = 1,
+    processes: int = 1,
+    rate: float = 0,
+    seq: bool = False,
+    prefix: str = "node",
+) -> dict:
     """Run the agents; the summed books (see the module docstring)."""
     parsed = urlparse(url)
     if parsed.hostname not in LOOPBACK:
@@ -157,9 +180,17 @@ def run(url: str, token: str, machines: int, seconds: float, connections: int = 
     queue: multiprocessing.Queue = multiprocessing.Queue()
     workers = []
     for index in range(processes):
-        options = {"host": parsed.hostname, "port": parsed.port, "token": token, "batch": batch, "seq": seq,
-                   "seconds": seconds, "names": names[index::processes], "rate": rate / processes,
-                   "connections": connections // processes + (1 if index < connections % processes else 0)}
+        options = {
+            "host": parsed.hostname,
+            "port": parsed.port,
+            "token": token,
+            "batch": batch,
+            "seq": seq,
+            "seconds": seconds,
+            "names": names[index::processes],
+            "rate": rate / processes,
+            "connections": connections // processes + (1 if index < connections % processes else 0),
+        }
         worker = multiprocessing.Process(target=agent_process, args=(options, queue), daemon=True)
         worker.start()
         workers.append(worker)
@@ -169,8 +200,9 @@ def run(url: str, token: str, machines: int, seconds: float, connections: int = 
     return summarise(parts, seconds, machines, connections, batch, rate, seq)
 
 
-def summarise(parts: list[dict], seconds: float, machines: int, connections: int, batch: int, rate: float,
-              seq: bool) -> dict:
+def summarise(
+    parts: list[dict], seconds: float, machines: int, connections: int, batch: int, rate: float, seq: bool
+) -> dict:
     latencies = [value for part in parts for value in part["latencies_ms"]]
     by_status: dict[str, int] = {}
     for part in parts:
@@ -178,15 +210,26 @@ def summarise(parts: list[dict], seconds: float, machines: int, connections: int
             by_status[str(status)] = by_status.get(str(status), 0) + count
     accepted = sum(part["reports_accepted"] for part in parts)
     return {
-        "machines": machines, "connections": connections, "batch": batch, "seq": seq, "offered_reports_per_s": rate or None,
-        "seconds": seconds, "requests": sum(part["requests"] for part in parts),
+        "machines": machines,
+        "connections": connections,
+        "batch": batch,
+        "seq": seq,
+        "offered_reports_per_s": rate or None,
+        "seconds": seconds,
+        "requests": sum(part["requests"] for part in parts),
         "requests_per_s": round(sum(part["requests"] for part in parts) / seconds, 1),
-        "reports_accepted": accepted, "accepted_reports_per_s": round(accepted / seconds, 1),
-        "items_refused": sum(part["reports_refused"] for part in parts), "by_status": by_status,
+        "reports_accepted": accepted,
+        "accepted_reports_per_s": round(accepted / seconds, 1),
+        "items_refused": sum(part["reports_refused"] for part in parts),
+        "by_status": by_status,
         "reconnects": sum(part["reconnects"] for part in parts),
-        "request_latency_ms": {"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
-                               "max": round(max(latencies), 2) if latencies else None},
-        "client_cpu_s": round(sum(part["cpu_s"] for part in parts), 2), "client_processes": len(parts),
+        "request_latency_ms": {
+            "p50": percentile(latencies, 0.5),
+            "p99": percentile(latencies, 0.99),
+            "max": round(max(latencies), 2) if latencies else None,
+        },
+        "client_cpu_s": round(sum(part["cpu_s"] for part in parts), 2),
+        "client_processes": len(parts),
     }
 
 
@@ -199,11 +242,27 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1, help="machines per request (1: the single endpoint)")
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--rate", type=float, default=0, help="reports per second offered (0: as fast as answered)")
+    parser.add_argument(
+        "--rate", type=float, default=0, help="reports per second offered (0: as fast as answered)"
+    )
     parser.add_argument("--seq", action="store_true", help="each report carries its machine's next seq")
     args = parser.parse_args()
-    print(json.dumps(run(args.url, args.token, args.machines, args.seconds, args.connections, args.batch,
-                         args.processes, args.rate, args.seq), indent=2))
+    print(
+        json.dumps(
+            run(
+                args.url,
+                args.token,
+                args.machines,
+                args.seconds,
+                args.connections,
+                args.batch,
+                args.processes,
+                args.rate,
+                args.seq,
+            ),
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

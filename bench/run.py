@@ -55,8 +55,10 @@ CONNECT_RATE = 200
 FLEET_TOKEN = "bench-fleet-token"
 # The web server under test: the Procfile's (uvicorn, two processes on one listening socket,
 # one per core), or alternatives measured against it.
-UVICORN = ("uvicorn project.asgi:application --host 127.0.0.1 --port ${PORT} --loop uvloop --http httptools "
-           "--ws-max-size 1048576 --ws-per-message-deflate false --lifespan off --no-access-log")
+UVICORN = (
+    "uvicorn project.asgi:application --host 127.0.0.1 --port ${PORT} --loop uvloop --http httptools "
+    "--ws-max-size 1048576 --ws-per-message-deflate false --lifespan off --no-access-log"
+)
 WEB_SERVERS = {
     "procfile": None,
     "uvicorn-1": f"{UVICORN} --workers 1 --ws websockets-sansio",
@@ -71,10 +73,21 @@ stack_env: dict[str, str] = {}
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "kernel": platform.release(), "python": platform.python_version()}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
 
 
 def versions() -> dict:
@@ -164,8 +177,14 @@ class Monitor:
         report["server_cpu_pct"] = steady_cpu
         report["redis_commands_per_s"] = steady_commands
         report["steady_s"] = steady_s
-        report["whole_run"] = {"server_cpu_pct": whole_cpu, "redis_commands_per_s": whole_commands, "elapsed_s": whole_s}
-        report["server_peak_rss_mib"] = {name: round(value / 2**20, 1) for name, value in self.peak_rss.items()}
+        report["whole_run"] = {
+            "server_cpu_pct": whole_cpu,
+            "redis_commands_per_s": whole_commands,
+            "elapsed_s": whole_s,
+        }
+        report["server_peak_rss_mib"] = {
+            name: round(value / 2**20, 1) for name, value in self.peak_rss.items()
+        }
 
 
 def raise_fd_limit() -> None:
@@ -189,14 +208,24 @@ def private_redis():
 def our_stack(redis_url: str, instances: dict[str, int] | None = None, keep_logs: bool = False, **env: str):
     """The Procfile's processes (``instances`` of some, as :meth:`Stack.start_all` takes them)
     and a logged-in session; with ``keep_logs`` the work directory and its logs outlive the run."""
-    stack = Stack(Path(tempfile.mkdtemp(prefix="bench-stack-")), redis_url, {
-        "FLEET_TOKEN": FLEET_TOKEN, "LOG_LEVEL": "WARNING",
-        "CHAT_RATE_LIMIT_COUNT": "100000", "CHAT_RATE_LIMIT_WINDOW_S": "1",
-        # Every load client is the one user "bench": the per-user fair shares would refuse it.
-        "SOCKETS_PER_USER_MAX": "1000000", "JOINS_PER_USER_PER_S": "1000000",
-        "EDGE_MESSAGES_PER_S": "100000", "EDGE_MESSAGES_BURST": "100000", "EDGE_READS_PER_S": "100000",
-        **stack_env, **env,
-    })
+    stack = Stack(
+        Path(tempfile.mkdtemp(prefix="bench-stack-")),
+        redis_url,
+        {
+            "FLEET_TOKEN": FLEET_TOKEN,
+            "LOG_LEVEL": "WARNING",
+            "CHAT_RATE_LIMIT_COUNT": "100000",
+            "CHAT_RATE_LIMIT_WINDOW_S": "1",
+            # Every load client is the one user "bench": the per-user fair shares would refuse it.
+            "SOCKETS_PER_USER_MAX": "1000000",
+            "JOINS_PER_USER_PER_S": "1000000",
+            "EDGE_MESSAGES_PER_S": "100000",
+            "EDGE_MESSAGES_BURST": "100000",
+            "EDGE_READS_PER_S": "100000",
+            **stack_env,
+            **env,
+        },
+    )
     if WEB_SERVERS[web_server]:
         stack.procfile["web"] = WEB_SERVERS[web_server]
     stack.start_all(instances)
@@ -218,9 +247,23 @@ def simulated_fleet(stack: Stack, machines: int):
         yield None
         return
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "simulate_fleet", "--machines", str(machines), "--url", stack.base_url,
-         "--token", FLEET_TOKEN, "--seed", "7"], cwd=ROOT, env=stack.env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "manage.py",
+            "simulate_fleet",
+            "--machines",
+            str(machines),
+            "--url",
+            stack.base_url,
+            "--token",
+            FLEET_TOKEN,
+            "--seed",
+            "7",
+        ],
+        cwd=ROOT,
+        env=stack.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     time.sleep(3)
     try:
@@ -236,39 +279,79 @@ def stack_processes(stack: Stack, redis_server) -> dict[str, int]:
 
 def row(scenario: str, params: dict, books: dict, cost: dict) -> dict:
     if not scenario.startswith(("S0", "S3 original")):
-        params = {**params, "web": web_server, "web_command": WEB_SERVERS[web_server] or read_procfile()["web"],
-                  **({"env": stack_env} if stack_env else {})}
+        params = {
+            **params,
+            "web": web_server,
+            "web_command": WEB_SERVERS[web_server] or read_procfile()["web"],
+            **({"env": stack_env} if stack_env else {}),
+        }
     # The load average says whether anything else shared the machine during the run.
-    return {"scenario": scenario, "params": params, "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "load_avg_1_5_15": [round(value, 2) for value in os.getloadavg()],
-            "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(),
-            "versions": versions(), "load": books, "cost": cost}
+    return {
+        "scenario": scenario,
+        "params": params,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "load_avg_1_5_15": [round(value, 2) for value in os.getloadavg()],
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine(),
+        "versions": versions(),
+        "load": books,
+        "cost": cost,
+    }
 
 
 def s0(clients: int, seconds: float, processes: int, pad_bytes: int = 0) -> dict:
     port = embedded_redis.free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "s0_server.py"), "--port", str(port),
-                               "--pad-bytes", str(pad_bytes)])
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "s0_server.py"),
+            "--port",
+            str(port),
+            "--pad-bytes",
+            str(pad_bytes),
+        ]
+    )
     time.sleep(1)
     try:
         monitor = Monitor({"s0": server.pid}, None)
         with monitor.measuring(loadgen.warmup_s(clients, CONNECT_RATE)) as cost:
-            books = loadgen.run("status", f"ws://127.0.0.1:{port}/", clients, seconds, processes,
-                                connect_rate=CONNECT_RATE)
+            books = loadgen.run(
+                "status", f"ws://127.0.0.1:{port}/", clients, seconds, processes, connect_rate=CONNECT_RATE
+            )
     finally:
         server.terminate()
         server.wait(10)
     return row("S0 ceiling", {"clients": clients, "seconds": seconds, "pad_bytes": pad_bytes}, books, cost)
 
 
-def s1(clients: int, seconds: float, processes: int, machines: int = 200, scenario: str = "S1 status",
-       path: str = "/ws/status/") -> dict:
+def s1(
+    clients: int,
+    seconds: float,
+    processes: int,
+    machines: int = 200,
+    scenario: str = "S1 status",
+    path: str = "/ws/status/",
+) -> dict:
     with private_redis() as (redis_server, url), our_stack(url) as stack, simulated_fleet(stack, machines):
         monitor = Monitor(stack_processes(stack, redis_server), url)
-        with monitor.measuring(loadgen.warmup_s(clients, CONNECT_RATE)) as cost, \
-                profiling(stack, f"s1-{clients}-m{machines}-{web_server}", loadgen.warmup_s(clients, CONNECT_RATE), seconds):
-            books = loadgen.run("status", stack.ws_url + path, clients, seconds, processes, stack.session,
-                                connect_rate=CONNECT_RATE)
+        with (
+            monitor.measuring(loadgen.warmup_s(clients, CONNECT_RATE)) as cost,
+            profiling(
+                stack,
+                f"s1-{clients}-m{machines}-{web_server}",
+                loadgen.warmup_s(clients, CONNECT_RATE),
+                seconds,
+            ),
+        ):
+            books = loadgen.run(
+                "status",
+                stack.ws_url + path,
+                clients,
+                seconds,
+                processes,
+                stack.session,
+                connect_rate=CONNECT_RATE,
+            )
     params = {"clients": clients, "seconds": seconds, "machines": machines}
     return row(scenario, {**params, **({"path": path} if path != "/ws/status/" else {})}, books, cost)
 
@@ -283,10 +366,27 @@ def profiling(stack: Stack, name: str, delay_s: float, duration_s: float):
         yield
         return
     out = RESULTS / f"profile-{name}.txt"
-    py_spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(stack.processes["web"].pid),
-              "--subprocesses", "--duration", str(int(duration_s)), "--rate", "50", "--format", "raw", "--output", str(out), "--nonblocking"]
-    spy = subprocess.Popen(["sh", "-c", 'sleep "$0" && exec "$@"', str(delay_s), *py_spy],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    py_spy = [
+        str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--pid",
+        str(stack.processes["web"].pid),
+        "--subprocesses",
+        "--duration",
+        str(int(duration_s)),
+        "--rate",
+        "50",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--nonblocking",
+    ]
+    spy = subprocess.Popen(
+        ["sh", "-c", 'sleep "$0" && exec "$@"', str(delay_s), *py_spy],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         yield
     finally:
@@ -297,27 +397,61 @@ def s2(members: int, senders: int, rate: float, seconds: float, processes: int) 
     with private_redis() as (redis_server, url), our_stack(url) as stack:
         monitor = Monitor(stack_processes(stack, redis_server), url)
         with monitor.measuring(loadgen.warmup_s(members, CONNECT_RATE)) as cost:
-            books = loadgen.run("chat", stack.ws_url + "/ws/chat/bench/", members, seconds, processes, stack.session,
-                                senders=senders, rate=rate, connect_rate=CONNECT_RATE)
-    return row("S2 chat", {"members": members, "senders": senders, "room_msgs_per_s": senders * rate,
-                           "seconds": seconds}, books, cost)
+            books = loadgen.run(
+                "chat",
+                stack.ws_url + "/ws/chat/bench/",
+                members,
+                seconds,
+                processes,
+                stack.session,
+                senders=senders,
+                rate=rate,
+                connect_rate=CONNECT_RATE,
+            )
+    return row(
+        "S2 chat",
+        {"members": members, "senders": senders, "room_msgs_per_s": senders * rate, "seconds": seconds},
+        books,
+        cost,
+    )
 
 
 def s3_original(clients: int, seconds: float, processes: int) -> dict:
     with private_redis() as (redis_server, url):
         port = embedded_redis.free_port()
-        env = {**os.environ, "REDIS_URL": url, "DJANGO_SETTINGS_MODULE": "bench.original.settings",
-               "DJANGO_DEBUG": "1", "LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "REDIS_URL": url,
+            "DJANGO_SETTINGS_MODULE": "bench.original.settings",
+            "DJANGO_DEBUG": "1",
+            "LOG_LEVEL": "WARNING",
+        }
         server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "daphne"), "--bind", "127.0.0.1", "--port", str(port),
-             "bench.original.asgi:application"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(Path(sys.executable).parent / "daphne"),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "bench.original.asgi:application",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(3)
         try:
             monitor = Monitor({"web": server.pid, "redis": redis_server.pid}, url)
             with monitor.measuring(loadgen.warmup_s(clients, CONNECT_RATE)) as cost:
-                books = loadgen.run("original", f"ws://127.0.0.1:{port}/ws/attime/", clients, seconds, processes,
-                                    connect_rate=CONNECT_RATE)
+                books = loadgen.run(
+                    "original",
+                    f"ws://127.0.0.1:{port}/ws/attime/",
+                    clients,
+                    seconds,
+                    processes,
+                    connect_rate=CONNECT_RATE,
+                )
         finally:
             server.terminate()
             server.wait(10)
@@ -330,14 +464,23 @@ def reconnect_wave(clients: int, rate: float, processes: int) -> dict:
     with private_redis() as (redis_server, url), our_stack(url) as stack:
         monitor = Monitor(stack_processes(stack, redis_server), url)
         with monitor.measuring() as cost:
-            books = loadgen.run("status", stack.ws_url + "/ws/status/", clients, 5, processes,
-                                stack.session, connect_rate=rate)
+            books = loadgen.run(
+                "status",
+                stack.ws_url + "/ws/status/",
+                clients,
+                5,
+                processes,
+                stack.session,
+                connect_rate=rate,
+            )
     return row("reconnect wave", {"clients": clients, "connects_per_s": rate}, books, cost)
 
 
 def web_rss(stack: Stack) -> int:
     """Resident bytes of the web server and its worker processes."""
-    return sum(member.memory_info().rss for member in Monitor.family(psutil.Process(stack.processes["web"].pid)))
+    return sum(
+        member.memory_info().rss for member in Monitor.family(psutil.Process(stack.processes["web"].pid))
+    )
 
 
 def idle_memory(clients: int, processes: int) -> dict:
@@ -352,12 +495,22 @@ def idle_memory(clients: int, processes: int) -> dict:
 
         probe = threading.Thread(target=measure_while_open)
         probe.start()
-        books = loadgen.run("status", stack.ws_url + "/ws/status/", clients, clients / 500 + 12, processes,
-                            stack.session, connect_rate=500)
+        books = loadgen.run(
+            "status",
+            stack.ws_url + "/ws/status/",
+            clients,
+            clients / 500 + 12,
+            processes,
+            stack.session,
+            connect_rate=500,
+        )
         probe.join()
     per_thousand_mib = (result["with_sockets"] - before) / 2**20 / (books["connected"] / 1000)
-    cost = {"web_rss_before_mib": round(before / 2**20, 1), "web_rss_with_sockets_mib": round(result["with_sockets"] / 2**20, 1),
-            "rss_per_1000_sockets_mib": round(per_thousand_mib, 1)}
+    cost = {
+        "web_rss_before_mib": round(before / 2**20, 1),
+        "web_rss_with_sockets_mib": round(result["with_sockets"] / 2**20, 1),
+        "rss_per_1000_sockets_mib": round(per_thousand_mib, 1),
+    }
     return row("idle memory", {"clients": clients}, books, cost)
 
 
@@ -371,10 +524,13 @@ def stalled_client(seconds: float, **env: str) -> dict:
     with private_redis() as (redis_server, url), our_stack(url, **env) as stack, simulated_fleet(stack, 200):
         raw = socket.create_connection(("127.0.0.1", stack.port))
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.sendall((
-            f"GET /ws/status/ HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            f"Origin: {stack.base_url}\r\nCookie: sessionid={stack.session}\r\n\r\n").encode())
+        raw.sendall(
+            (
+                f"GET /ws/status/ HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                f"Origin: {stack.base_url}\r\nCookie: sessionid={stack.session}\r\n\r\n"
+            ).encode()
+        )
         samples, dropped_after_s = [], None
         started = time.monotonic()
         while time.monotonic() - started < seconds:
@@ -383,15 +539,24 @@ def stalled_client(seconds: float, **env: str) -> dict:
                 dropped_after_s = round(time.monotonic() - started)
             time.sleep(5)
         raw.close()
-    cost = {"web_rss_mib_every_5s": samples, "growth_mib": round(samples[-1] - samples[0], 1),
-            "server_dropped_it_after_s": dropped_after_s}
+    cost = {
+        "web_rss_mib_every_5s": samples,
+        "growth_mib": round(samples[-1] - samples[0], 1),
+        "server_dropped_it_after_s": dropped_after_s,
+    }
     return row("stalled client", {"seconds": seconds, "machines": 200, **env}, {}, cost)
 
 
 def server_holds(server_port: int, client_port: int) -> bool:
     """Whether the server still has the connection from ``client_port`` open."""
-    return any(c.laddr and c.laddr.port == server_port and c.raddr and c.raddr.port == client_port
-               and c.status == psutil.CONN_ESTABLISHED for c in psutil.net_connections("tcp4"))
+    return any(
+        c.laddr
+        and c.laddr.port == server_port
+        and c.raddr
+        and c.raddr.port == client_port
+        and c.status == psutil.CONN_ESTABLISHED
+        for c in psutil.net_connections("tcp4")
+    )
 
 
 # --- failover: the status stream while schedulers and status workers die under it ------------
@@ -438,11 +603,18 @@ def dashboard_books(watch: StreamWatch, since: float) -> dict:
     books = watch.books(since)
     del books["updates_per_s"]
     ticks_s = [frame["tick_ns"] // NS_PER_S for _, frame in watch.updates(since)]
-    return {"connected": 1, "failed_handshakes": 0,
-            "deliveries_per_s": round((books["updates"] - 1) / books["seconds"], 3),
-            "missed": books.pop("missed_seq"), "duplicated": books.pop("repeated_seq"),
-            "resyncs": books.pop("resyncs_sent"), **books,
-            "ticks_without_update": sum(max(later - earlier - 1, 0) for earlier, later in zip(ticks_s, ticks_s[1:]))}
+    return {
+        "connected": 1,
+        "failed_handshakes": 0,
+        "deliveries_per_s": round((books["updates"] - 1) / books["seconds"], 3),
+        "missed": books.pop("missed_seq"),
+        "duplicated": books.pop("repeated_seq"),
+        "resyncs": books.pop("resyncs_sent"),
+        **books,
+        "ticks_without_update": sum(
+            max(later - earlier - 1, 0) for earlier, later in zip(ticks_s, ticks_s[1:])
+        ),
+    }
 
 
 def wait_until_alive(client: redis.Redis, kind_key: str, pid: int, timeout_s: float = 30) -> None:
@@ -472,7 +644,9 @@ def kill_and_restart(stack: Stack, client: redis.Redis, watch: StreamWatch, name
     return {"killed": label, "into_second_ms": into_second_ms, "to_next_update_s": to_next_update_s}
 
 
-def pause_leader(stack: Stack, client: redis.Redis, watch: StreamWatch, stopped_s: float, then_s: float) -> dict:
+def pause_leader(
+    stack: Stack, client: redis.Redis, watch: StreamWatch, stopped_s: float, then_s: float
+) -> dict:
     """SIGSTOP the leading scheduler past its lease, SIGCONT it, wait: who led when, and how long
     the dashboard waited for its next update."""
     paused = wait_for_leader(stack, client)
@@ -483,9 +657,13 @@ def pause_leader(stack: Stack, client: redis.Redis, watch: StreamWatch, stopped_
     successor = leader(stack, client)
     stack.send_signal(paused, signal.SIGCONT)
     time.sleep(then_s)
-    return {"paused": paused, "leader_while_paused": successor, "leader_after": leader(stack, client),
-            "paused_one_stood_by": "standing by" in stack.read_log(paused)[log_before:],
-            "to_next_update_s": round(asyncio.run(next_update_after(watch, stopped_at)), 3)}
+    return {
+        "paused": paused,
+        "leader_while_paused": successor,
+        "leader_after": leader(stack, client),
+        "paused_one_stood_by": "standing by" in stack.read_log(paused)[log_before:],
+        "to_next_update_s": round(asyncio.run(next_update_after(watch, stopped_at)), 3),
+    }
 
 
 def failover(quick: bool) -> Iterator[dict]:
@@ -495,29 +673,50 @@ def failover(quick: bool) -> Iterator[dict]:
     steady_s, kills = (10, 3) if quick else (60, 10)
     pause = {"stopped_s": 4, "then_s": 5}  # stopped well past the 1.5 s lease
     params = {"schedulers": 2, "status_workers": 2, "machines": FAILOVER_MACHINES}
-    with private_redis() as (redis_server, url), \
-            our_stack(url, FAILOVER_INSTANCES, keep_logs=True, LOG_LEVEL="INFO") as stack, \
-            simulated_fleet(stack, FAILOVER_MACHINES), redis.Redis.from_url(url) as client, dashboard(stack) as watch:
+    with (
+        private_redis() as (redis_server, url),
+        our_stack(url, FAILOVER_INSTANCES, keep_logs=True, LOG_LEVEL="INFO") as stack,
+        simulated_fleet(stack, FAILOVER_MACHINES),
+        redis.Redis.from_url(url) as client,
+        dashboard(stack) as watch,
+    ):
         since = latest_update(watch)
         with Monitor(stack_processes(stack, redis_server), url).measuring() as cost:
             time.sleep(steady_s)
         yield row("failover: steady", {**params, "seconds": steady_s}, dashboard_books(watch, since), cost)
 
         since = latest_update(watch)
-        killed = [kill_and_restart(stack, client, watch, "scheduler", wait_for_leader(stack, client))
-                  for _ in range(kills)]
-        yield row("failover: SIGKILL the leading scheduler", {**params, "kills": kills},
-                  {**dashboard_books(watch, since), "kills": killed}, {})
+        killed = [
+            kill_and_restart(stack, client, watch, "scheduler", wait_for_leader(stack, client))
+            for _ in range(kills)
+        ]
+        yield row(
+            "failover: SIGKILL the leading scheduler",
+            {**params, "kills": kills},
+            {**dashboard_books(watch, since), "kills": killed},
+            {},
+        )
 
         since = latest_update(watch)
-        killed = [kill_and_restart(stack, client, watch, "worker", ("worker", "worker.2")[n % 2]) for n in range(kills)]
-        yield row("failover: SIGKILL a status worker", {**params, "kills": kills},
-                  {**dashboard_books(watch, since), "kills": killed}, {})
+        killed = [
+            kill_and_restart(stack, client, watch, "worker", ("worker", "worker.2")[n % 2])
+            for n in range(kills)
+        ]
+        yield row(
+            "failover: SIGKILL a status worker",
+            {**params, "kills": kills},
+            {**dashboard_books(watch, since), "kills": killed},
+            {},
+        )
 
         since = latest_update(watch)
         leaders = pause_leader(stack, client, watch, **pause)
-        yield row("failover: SIGSTOP the leader past its lease", {**params, **pause},
-                  {**dashboard_books(watch, since), **leaders}, {})
+        yield row(
+            "failover: SIGSTOP the leader past its lease",
+            {**params, **pause},
+            {**dashboard_books(watch, since), **leaders},
+            {},
+        )
 
 
 # --- busy fleet: the report API under agents, with dashboards watching ---------------------------
@@ -534,9 +733,11 @@ def probe_reports(stack: Stack, stop: threading.Event, sent: dict[float, float])
             return
         progress = k / 100
         request = urllib.request.Request(
-            f"{stack.base_url}/api/machines/{PROBE}/report", method="POST",
+            f"{stack.base_url}/api/machines/{PROBE}/report",
+            method="POST",
             data=json.dumps({"state": "provisioning", "progress": progress}).encode(),
-            headers={"Authorization": f"Bearer {FLEET_TOKEN}", "Content-Type": "application/json"})
+            headers={"Authorization": f"Bearer {FLEET_TOKEN}", "Content-Type": "application/json"},
+        )
         began = time.monotonic()
         try:
             urllib.request.urlopen(request, timeout=5).close()
@@ -554,36 +755,69 @@ def report_to_screen_ms(watch: StreamWatch, sent: dict[float, float]) -> dict:
             if machine["name"] == PROBE and machine["progress"] in sent:
                 shown.setdefault(machine["progress"], at)
     latencies = [(shown[progress] - began) * 1000 for progress, began in sent.items() if progress in shown]
-    return {"p50": loadgen.percentile(latencies, 0.5), "p99": loadgen.percentile(latencies, 0.99),
-            "max": round(max(latencies), 1) if latencies else None,
-            "probes_sent": len(sent), "probes_shown": len(latencies)}
+    return {
+        "p50": loadgen.percentile(latencies, 0.5),
+        "p99": loadgen.percentile(latencies, 0.99),
+        "max": round(max(latencies), 1) if latencies else None,
+        "probes_sent": len(sent),
+        "probes_shown": len(latencies),
+    }
 
 
-def busy_fleet_reports(machines: int, seconds: float, connections: int, batch: int, clients: int,
-                       processes: int, rate: float = 0, seq: bool = True) -> dict:
+def busy_fleet_reports(
+    machines: int,
+    seconds: float,
+    connections: int,
+    batch: int,
+    clients: int,
+    processes: int,
+    rate: float = 0,
+    seq: bool = True,
+) -> dict:
     """Agents post reports for ``machines`` machines over ``connections`` keep-alive connections
     (``batch`` machines per request; 1: the single endpoint), as fast as answered or at ``rate``,
     each report with its machine's next ``seq`` unless not ``seq``, for ``seconds``, while ``clients`` dashboards watch and one more follows a probe machine.
     Also: the stream's backlog when the agents stop and how long the status workers take to
     drain it (what ``202`` cost them), and the load tools' own CPU."""
-    with private_redis() as (redis_server, url), our_stack(url) as stack, \
-            redis.Redis.from_url(url) as client, dashboard(stack) as watch:
+    with (
+        private_redis() as (redis_server, url),
+        our_stack(url) as stack,
+        redis.Redis.from_url(url) as client,
+        dashboard(stack) as watch,
+    ):
         warm = loadgen.warmup_s(clients, CONNECT_RATE) if clients else 0
         monitor = Monitor(stack_processes(stack, redis_server), url)
         dashboards: dict = {}
-        watching = threading.Thread(target=lambda: dashboards.update(loadgen.run(
-            "status", stack.ws_url + "/ws/status/", clients, seconds, processes, stack.session,
-            connect_rate=CONNECT_RATE))) if clients else None
+        watching = (
+            threading.Thread(
+                target=lambda: dashboards.update(
+                    loadgen.run(
+                        "status",
+                        stack.ws_url + "/ws/status/",
+                        clients,
+                        seconds,
+                        processes,
+                        stack.session,
+                        connect_rate=CONNECT_RATE,
+                    )
+                )
+            )
+            if clients
+            else None
+        )
         stop, sent = threading.Event(), {}
         prober = threading.Thread(target=probe_reports, args=(stack, stop, sent))
-        with monitor.measuring(warm) as cost, \
-                profiling(stack, f"reports-m{machines}-b{batch}-d{clients}", warm, seconds):
+        with (
+            monitor.measuring(warm) as cost,
+            profiling(stack, f"reports-m{machines}-b{batch}-d{clients}", warm, seconds),
+        ):
             if watching:
                 watching.start()
             time.sleep(warm)
             prober.start()
-            agents = reportgen.run(stack.base_url, FLEET_TOKEN, machines, seconds, connections, batch,
-                                   processes, rate, seq)
+            agents = reportgen.run(
+                stack.base_url, FLEET_TOKEN, machines, seconds, connections, batch, processes, rate, seq
+            )
             backlog = client.xlen(keys.REPORTS_STREAM)
             stop.set()
             prober.join()
@@ -594,15 +828,35 @@ def busy_fleet_reports(machines: int, seconds: float, connections: int, batch: i
             time.sleep(0.2)
         drain_s = round(time.monotonic() - drained_at, 1) if not client.xlen(keys.REPORTS_STREAM) else None
     books = {
-        **{key: dashboards[key] for key in ("connected", "failed_handshakes", "deliveries_per_s",
-                                             "mean_frame_bytes", "missed", "duplicated", "latency_ms") if dashboards},
-        "agents": agents, "accepted_reports_per_s": agents["accepted_reports_per_s"],
-        "backlog_at_end": backlog, "backlog_drained_s": drain_s,
+        **{
+            key: dashboards[key]
+            for key in (
+                "connected",
+                "failed_handshakes",
+                "deliveries_per_s",
+                "mean_frame_bytes",
+                "missed",
+                "duplicated",
+                "latency_ms",
+            )
+            if dashboards
+        },
+        "agents": agents,
+        "accepted_reports_per_s": agents["accepted_reports_per_s"],
+        "backlog_at_end": backlog,
+        "backlog_drained_s": drain_s,
         "report_to_screen_ms": report_to_screen_ms(watch, sent),
         "client_cpu_s": round(agents["client_cpu_s"] + dashboards.get("client_cpu_s", 0), 2),
     }
-    params = {"machines": machines, "connections": connections, "batch": batch, "seq": seq, "dashboards": clients,
-              "seconds": seconds, "offered_reports_per_s": rate or "max"}
+    params = {
+        "machines": machines,
+        "connections": connections,
+        "batch": batch,
+        "seq": seq,
+        "dashboards": clients,
+        "seconds": seconds,
+        "offered_reports_per_s": rate or "max",
+    }
     return row("busy fleet: report API", params, books, cost)
 
 
@@ -669,35 +923,45 @@ def per_process(values: dict, unit: str) -> str:
 
 def failover_note(load: dict) -> str:
     """A failover row's own books: the stream's continuity, each kill's wait, who led."""
-    parts = [f"epochs {len(load['epochs'])}", f"ticks out of order {load['ticks_out_of_order']}",
-             f"resyncs {load['resyncs']}", f"worst gap {load['worst_gap_s']} s",
-             f"seconds without an update {load['ticks_without_update']}"]
+    parts = [
+        f"epochs {len(load['epochs'])}",
+        f"ticks out of order {load['ticks_out_of_order']}",
+        f"resyncs {load['resyncs']}",
+        f"worst gap {load['worst_gap_s']} s",
+        f"seconds without an update {load['ticks_without_update']}",
+    ]
     if "kills" in load:
         waits = ", ".join(str(kill["to_next_update_s"]) for kill in load["kills"])
         parts.append(f"kill to next update s: {waits}")
     if "paused" in load:
-        parts.append(f"stop to next update {load['to_next_update_s']} s; paused {load['paused']}, led while paused "
-                     f"by {load['leader_while_paused']}, then by {load['leader_after']}; "
-                     f"paused one stood by: {load['paused_one_stood_by']}")
+        parts.append(
+            f"stop to next update {load['to_next_update_s']} s; paused {load['paused']}, led while paused "
+            f"by {load['leader_while_paused']}, then by {load['leader_after']}; "
+            f"paused one stood by: {load['paused_one_stood_by']}"
+        )
     return "; ".join(parts)
 
 
 def busy_fleet_note(load: dict) -> str:
     agents, screen = load["agents"], load["report_to_screen_ms"]
-    return (f"reports accepted {load['accepted_reports_per_s']}/s in {agents['requests_per_s']} requests/s "
-            f"(p50/p99 {agents['request_latency_ms']['p50']}/{agents['request_latency_ms']['p99']} ms, "
-            f"answers {agents['by_status']}); backlog at the end {load['backlog_at_end']}, drained in "
-            f"{load['backlog_drained_s']} s; report to screen p50/p99 {screen['p50']}/{screen['p99']} ms "
-            f"({screen['probes_shown']} of {screen['probes_sent']} probes shown); agents' CPU {agents['client_cpu_s']} s")
+    return (
+        f"reports accepted {load['accepted_reports_per_s']}/s in {agents['requests_per_s']} requests/s "
+        f"(p50/p99 {agents['request_latency_ms']['p50']}/{agents['request_latency_ms']['p99']} ms, "
+        f"answers {agents['by_status']}); backlog at the end {load['backlog_at_end']}, drained in "
+        f"{load['backlog_drained_s']} s; report to screen p50/p99 {screen['p50']}/{screen['p99']} ms "
+        f"({screen['probes_shown']} of {screen['probes_sent']} probes shown); agents' CPU {agents['client_cpu_s']} s"
+    )
 
 
 def render(rows: list[dict]) -> str:
     lines = [
-        "# Benchmark results", "",
+        "# Benchmark results",
+        "",
         "Appended by `bench/run.py` (each row in results.json has the exact command, versions and machine);",
         "newest last. Server CPU is % of one core per process and Redis cmd/s over the steady window (all clients connected); client CPU is seconds, all",
         "load-generator processes together. Latency is from the server's event time (`tick_ns`, `sent_ns`,",
-        "`ts`) to receipt by the client. Load average is the machine's at the end of the row.", "",
+        "`ts`) to receipt by the client. Load average is the machine's at the end of the row.",
+        "",
         "| when | scenario | params | connected / failed | deliveries/s | frame B | missed | dup | p50 ms | p99 ms | max ms "
         "| server CPU | web µs/delivery | client CPU s | peak RSS MiB | Redis cmd/s | load avg |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -714,9 +978,13 @@ def render(rows: list[dict]) -> str:
         if "rss_per_1000_sockets_mib" in cost:
             notes.append(f"RSS/1000 sockets {cost['rss_per_1000_sockets_mib']} MiB")
         if (load.get("worker_lag_ms") or {}).get("p99") is not None:
-            notes.append(f"worker lag p50/p99 {load['worker_lag_ms']['p50']}/{load['worker_lag_ms']['p99']} ms")
+            notes.append(
+                f"worker lag p50/p99 {load['worker_lag_ms']['p50']}/{load['worker_lag_ms']['p99']} ms"
+            )
         if load.get("server_resyncs"):
-            notes.append(f"{load['server_resyncs']} server resyncs of slow clients, {load['dropped']} frames dropped")
+            notes.append(
+                f"{load['server_resyncs']} server resyncs of slow clients, {load['dropped']} frames dropped"
+            )
         if "growth_mib" in cost:
             notes.append(f"web RSS growth {cost['growth_mib']} MiB: {cost['web_rss_mib_every_5s']}")
         if cost.get("server_dropped_it_after_s") is not None:
@@ -739,9 +1007,22 @@ def render(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario",
-                        choices=["standard", "s0", "s1", "s2", "s3", "wave", "memory", "stalled", "failover",
-                                 "busy-fleet", "reports"])
+    parser.add_argument(
+        "scenario",
+        choices=[
+            "standard",
+            "s0",
+            "s1",
+            "s2",
+            "s3",
+            "wave",
+            "memory",
+            "stalled",
+            "failover",
+            "busy-fleet",
+            "reports",
+        ],
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60)
@@ -750,20 +1031,45 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1)
     parser.add_argument("--connect-rate", type=float, default=200)
     parser.add_argument("--machines", type=int, default=200, help="S1, reports: simulated machines reporting")
-    parser.add_argument("--path", default="/ws/status/",
-                        help="S1: the status sockets' path, e.g. '/ws/status/?page=1' (a view; docs/protocol.md)")
-    parser.add_argument("--connections", type=int, default=64, help="reports: the agents' keep-alive connections")
-    parser.add_argument("--batch", type=int, default=1,
-                        help="reports: machines per request (1: the single endpoint; more: POST /api/reports)")
-    parser.add_argument("--report-rate", type=float, default=0,
-                        help="reports: reports per second offered (0: as fast as they are answered)")
-    parser.add_argument("--no-seq", action="store_true",
-                        help="reports: without seq (for a tree from before reports could carry one)")
+    parser.add_argument(
+        "--path",
+        default="/ws/status/",
+        help="S1: the status sockets' path, e.g. '/ws/status/?page=1' (a view; docs/protocol.md)",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=64, help="reports: the agents' keep-alive connections"
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="reports: machines per request (1: the single endpoint; more: POST /api/reports)",
+    )
+    parser.add_argument(
+        "--report-rate",
+        type=float,
+        default=0,
+        help="reports: reports per second offered (0: as fast as they are answered)",
+    )
+    parser.add_argument(
+        "--no-seq",
+        action="store_true",
+        help="reports: without seq (for a tree from before reports could carry one)",
+    )
     parser.add_argument("--profile", action="store_true", help="S1, reports: py-spy the web processes")
-    parser.add_argument("--pad-bytes", type=int, default=0, help="S0: padding per update, to match S1's frame size")
-    parser.add_argument("--web", choices=sorted(WEB_SERVERS), default="procfile", help="web server under test")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the stack's processes, e.g. GROUP_LAYER=pubsub")
+    parser.add_argument(
+        "--pad-bytes", type=int, default=0, help="S0: padding per update, to match S1's frame size"
+    )
+    parser.add_argument(
+        "--web", choices=sorted(WEB_SERVERS), default="procfile", help="web server under test"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the stack's processes, e.g. GROUP_LAYER=pubsub",
+    )
     args = parser.parse_args()
     global web_server, profile
     web_server, profile = args.web, args.profile
@@ -774,15 +1080,27 @@ def main() -> None:
         "s0": lambda: [s0(args.clients, args.seconds, args.processes, args.pad_bytes)],
         "s1": lambda: [s1(args.clients, args.seconds, args.processes, args.machines, path=args.path)],
         "s2": lambda: [s2(args.clients, args.senders, args.rate, args.seconds, args.processes)],
-        "s3": lambda: [s3_original(args.clients, args.seconds, args.processes),
-                       s1(args.clients, args.seconds, args.processes, machines=0, scenario="S3 ours: /ws/status/")],
+        "s3": lambda: [
+            s3_original(args.clients, args.seconds, args.processes),
+            s1(args.clients, args.seconds, args.processes, machines=0, scenario="S3 ours: /ws/status/"),
+        ],
         "wave": lambda: [reconnect_wave(args.clients, args.connect_rate, args.processes)],
         "memory": lambda: [idle_memory(args.clients, args.processes)],
         "stalled": lambda: [stalled_client(args.seconds)],
         "failover": lambda: failover(args.quick),
         "busy-fleet": lambda: busy_fleet(args.quick, args.processes),
-        "reports": lambda: [busy_fleet_reports(args.machines, args.seconds, args.connections, args.batch,
-                                               args.clients, args.processes, args.report_rate, not args.no_seq)],
+        "reports": lambda: [
+            busy_fleet_reports(
+                args.machines,
+                args.seconds,
+                args.connections,
+                args.batch,
+                args.clients,
+                args.processes,
+                args.report_rate,
+                not args.no_seq,
+            )
+        ],
     }
     rows = []
     for result in runners[args.scenario]():

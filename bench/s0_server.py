@@ -32,14 +32,25 @@ async def serve(port: int, pad_bytes: int) -> None:
         finally:
             clients.discard(ws)
 
-    async with websockets.serve(handler, "127.0.0.1", port, max_size=2**16, ping_interval=None, compression=None):
+    async with websockets.serve(
+        handler, "127.0.0.1", port, max_size=2**16, ping_interval=None, compression=None
+    ):
         while True:
             now_ns = time.time_ns()
             tick_ns = (now_ns // 1_000_000_000 + 1) * 1_000_000_000
             await asyncio.sleep((tick_ns - now_ns) / 1e9)
             seq += 1
-            frame = json.dumps({"type": "status.update", "epoch": "s0", "seq": seq, "tick_ns": tick_ns,
-                                "machines": [], "removed": [], "pad": "x" * pad_bytes})
+            frame = json.dumps(
+                {
+                    "type": "status.update",
+                    "epoch": "s0",
+                    "seq": seq,
+                    "tick_ns": tick_ns,
+                    "machines": [],
+                    "removed": [],
+                    "pad": "x" * pad_bytes,
+                }
+            )
             websockets.broadcast(clients, frame)
 
 

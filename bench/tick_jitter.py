@@ -62,8 +62,11 @@ def main() -> None:
     redis_server, redis_url = embedded_redis.start(workdir / "redis")
     os.environ["REDIS_URL"] = redis_url
     scheduler = subprocess.Popen(
-        [sys.executable, "manage.py", "runscheduler"], cwd=ROOT, env=os.environ,
-        stdout=open(workdir / "scheduler.log", "wb"), stderr=subprocess.STDOUT,
+        [sys.executable, "manage.py", "runscheduler"],
+        cwd=ROOT,
+        env=os.environ,
+        stdout=open(workdir / "scheduler.log", "wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         import django
@@ -87,11 +90,16 @@ def main() -> None:
         "seq_gaps": sum(1 for a, b in zip(seqs, seqs[1:]) if b != a + 1),
         "boundaries_not_on_second": sum(1 for t in ticks if t["tick_ns"] % 1_000_000_000),
         "sent_after_boundary_ms": {
-            "min": min(sent_ms), "p50": statistics.median(sent_ms), "p99": percentile(sent_ms, 0.99), "max": max(sent_ms),
+            "min": min(sent_ms),
+            "p50": statistics.median(sent_ms),
+            "p99": percentile(sent_ms, 0.99),
+            "max": max(sent_ms),
         },
         "received_after_boundary_ms": {
-            "min": min(received_ms), "p50": statistics.median(received_ms),
-            "p99": percentile(received_ms, 0.99), "max": max(received_ms),
+            "min": min(received_ms),
+            "p50": statistics.median(received_ms),
+            "p99": percentile(received_ms, 0.99),
+            "max": max(received_ms),
         },
         "ticks_outside_50ms": sum(1 for value in sent_ms if abs(value) > 50),
     }

@@ -98,7 +98,9 @@ class EdgeConsumer(AsyncWebsocketConsumer):
         except Exception:
             log.exception("%s failed on a %s message", type(self).__name__, message["type"])
             if message["type"] == "websocket.receive":
-                await self.send_frame(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server could not handle this frame").frame())
+                await self.send_frame(
+                    ProtocolError(ErrorCode.INTERNAL_ERROR, "the server could not handle this frame").frame()
+                )
             elif message["type"] == "websocket.connect":
                 metrics.handshake(getattr(self, "worker_channel", "none"), metrics.ERROR)
                 await self.close(code=protocol.CLOSE_TRY_AGAIN)  # refused, not left waiting
@@ -216,7 +218,9 @@ class RelayConsumer(EdgeConsumer):
         if wait_s is not None:
             client_id = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
             detail = f"too many {frame['type']} frames on this socket; retry after {wait_s} s"
-            await self.send_frame(ProtocolError(ErrorCode.RATE_LIMITED, detail, client_id, retry_after=wait_s).frame())
+            await self.send_frame(
+                ProtocolError(ErrorCode.RATE_LIMITED, detail, client_id, retry_after=wait_s).frame()
+            )
             return
         await self.forward(frame)
 

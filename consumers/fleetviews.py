@@ -26,7 +26,14 @@ import redis.asyncio as redis
 from project import keys, redis_connections
 from project.protocol import StatusView
 from project.statusviews import (
-    REGISTER, SNAPSHOT, VIEW_REFRESH_S, VIEW_TTL_MS, Snapshot, TooManyViews, register_call, snapshot_call,
+    REGISTER,
+    SNAPSHOT,
+    VIEW_REFRESH_S,
+    VIEW_TTL_MS,
+    Snapshot,
+    TooManyViews,
+    register_call,
+    snapshot_call,
     snapshot_from,
 )
 
@@ -122,7 +129,10 @@ class FleetViews:
             await asyncio.sleep(RETRY_S)
 
     async def try_snapshot(self, view: StatusView | None) -> Snapshot | None:
-        if view is not None and time.monotonic() - self.registered_at.get(view, -REGISTERED_FOR_S) >= REGISTERED_FOR_S:
+        if (
+            view is not None
+            and time.monotonic() - self.registered_at.get(view, -REGISTERED_FOR_S) >= REGISTERED_FOR_S
+        ):
             await self.register([view])
         epoch, seq, published = await self.redis().hmget(keys.STATUS_FEED, "epoch", "seq", "published")
         if epoch is None or published != epoch + b" " + seq:
@@ -133,7 +143,9 @@ class FleetViews:
             return known
         read = self.reads.get((view, position))
         if read is None:
-            read = self.reads[(view, position)] = asyncio.get_running_loop().create_task(self.read(view, position))
+            read = self.reads[(view, position)] = asyncio.get_running_loop().create_task(
+                self.read(view, position)
+            )
         return await asyncio.shield(read)
 
     async def read(self, view: StatusView | None, position: Position) -> Snapshot | None:

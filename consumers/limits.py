@@ -117,9 +117,15 @@ class SocketRegistry:
         user = user_key(scope)
         try:
             verdict = await self.redis().eval(
-                ADMIT, 2, keys.USER_SOCKETS + user, f"{keys.USER_JOINS}{user}:{int(time.time())}",
-                channel, int(time.time() * 1000), SOCKET_ENTRY_TTL_MS,
-                settings.SOCKETS_PER_USER_MAX, settings.JOINS_PER_USER_PER_S,
+                ADMIT,
+                2,
+                keys.USER_SOCKETS + user,
+                f"{keys.USER_JOINS}{user}:{int(time.time())}",
+                channel,
+                int(time.time() * 1000),
+                SOCKET_ENTRY_TTL_MS,
+                settings.SOCKETS_PER_USER_MAX,
+                settings.JOINS_PER_USER_PER_S,
             )
         except redis.RedisError as error:
             log.warning("could not check the socket limits (%s); letting the socket in", error)

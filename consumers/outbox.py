@@ -48,7 +48,10 @@ class Outbox:
         self.writer: asyncio.Task | None = None
         self.shut = False
         # Bound once per socket; a frame written costs an add to an int (metrics.Tally).
-        self.delivered, self.dropped = metrics.frames_delivered_tally(kind), metrics.frames_dropped.labels(kind)
+        self.delivered, self.dropped = (
+            metrics.frames_delivered_tally(kind),
+            metrics.frames_dropped.labels(kind),
+        )
 
     def start(self) -> None:
         """Start writing; frames put before this (say, between joining and accepting) wait."""
@@ -64,7 +67,9 @@ class Outbox:
         self.waiting.append((text, then))
         self.waiting_bytes += len(text)
         self.wakeup.set()
-        if len(self.waiting) > self.max_frames or (self.waiting_bytes > self.max_bytes and len(self.waiting) > 1):
+        if len(self.waiting) > self.max_frames or (
+            self.waiting_bytes > self.max_bytes and len(self.waiting) > 1
+        ):
             self.on_overflow(self)
 
     def clear(self) -> int:

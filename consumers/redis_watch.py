@@ -83,7 +83,10 @@ class RedisWatch:
         self.lost = True
         log.warning(
             "Redis has not answered for %.1f s (%s): closing %d socket(s) with %d and refusing new ones until it does",
-            silent_s, error, len(self.sockets), protocol.CLOSE_TRY_AGAIN,
+            silent_s,
+            error,
+            len(self.sockets),
+            protocol.CLOSE_TRY_AGAIN,
         )
         for consumer in list(self.sockets):
             consumer.close_soon(protocol.CLOSE_TRY_AGAIN, protocol.SERVER_UNAVAILABLE)

@@ -103,7 +103,11 @@ class SessionWatch:
             await fanout.join(protocol.SESSIONS_GROUP, self)
             return True
         except Exception as error:
-            log.warning("could not join %s (%s); logouts close sockets at the next check", protocol.SESSIONS_GROUP, error)
+            log.warning(
+                "could not join %s (%s); logouts close sockets at the next check",
+                protocol.SESSIONS_GROUP,
+                error,
+            )
             fanout.layer_failed()
             return False
 
@@ -111,7 +115,9 @@ class SessionWatch:
         try:
             ended = await ask_ended_sessions(list(self.sockets))
         except Exception as error:
-            log.warning("could not check %d session(s) (%s); keeping their sockets for now", len(self.sockets), error)
+            log.warning(
+                "could not check %d session(s) (%s); keeping their sockets for now", len(self.sockets), error
+            )
             return
         for key in ended:
             self.end(key)

@@ -86,7 +86,9 @@ class StatusConsumer(RelayConsumer):
             except Exception as error:  # Redis away: the client asks again
                 log.warning("could not join %s (%s)", view.group, error)
                 fanout_for(group_layer()).layer_failed()
-                await self.send_frame(ProtocolError(ErrorCode.SERVER_BUSY, "the server is busy, try again shortly").frame())
+                await self.send_frame(
+                    ProtocolError(ErrorCode.SERVER_BUSY, "the server is busy, try again shortly").frame()
+                )
                 return False
         if view != self.view:
             if self.view is not None:
@@ -154,7 +156,11 @@ class StatusConsumer(RelayConsumer):
         self.dropped_since_notice += dropped
         log.info("resyncing a slow status socket; dropped %d frames", dropped)
         metrics.slow_client_resyncs.inc()
-        notice = {"type": protocol.STATUS_RESYNC, "reason": protocol.SLOW_CLIENT, "dropped": self.dropped_since_notice}
+        notice = {
+            "type": protocol.STATUS_RESYNC,
+            "reason": protocol.SLOW_CLIENT,
+            "dropped": self.dropped_since_notice,
+        }
         outbox.put(protocol.encode(notice), then=self.notice_read)
 
     async def notice_read(self) -> None:

@@ -46,19 +46,28 @@ def start(
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [
         redis_server_binary(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(data_dir),
-        "--save", "",
-        "--appendonly", "no",
-        "--maxclients", "10000",
-        "--logfile", str(log_file or data_dir / "redis.log"),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxclients",
+        "10000",
+        "--logfile",
+        str(log_file or data_dir / "redis.log"),
         *(extra_args or []),
     ]
     return command_started(command, port, data_dir)
 
 
-def start_sentinel(data_dir: Path, master_name: str, master_port: int, quorum: int, down_after_ms: int) -> tuple[subprocess.Popen, int]:
+def start_sentinel(
+    data_dir: Path, master_name: str, master_port: int, quorum: int, down_after_ms: int
+) -> tuple[subprocess.Popen, int]:
     """Start a Redis Sentinel (the same binary, ``--sentinel``) watching a master on loopback."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)

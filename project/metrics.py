@@ -85,13 +85,16 @@ log = logging.getLogger(__name__)
 # --- web: sockets and frames -------------------------------------------------------------------
 
 sockets_open = Gauge(
-    "fleetchat_sockets_open", "WebSockets open now, by kind (chat, status)", ["kind"], multiprocess_mode="livesum"
+    "fleetchat_sockets_open",
+    "WebSockets open now, by kind (chat, status)",
+    ["kind"],
+    multiprocess_mode="livesum",
 )
-frames_delivered = Counter(
-    "fleetchat_frames_delivered", "Frames written to a socket, by kind", ["kind"]
-)
+frames_delivered = Counter("fleetchat_frames_delivered", "Frames written to a socket, by kind", ["kind"])
 frames_dropped = Counter(
-    "fleetchat_frames_dropped", "Frames dropped from a socket's outgoing queue before they were written", ["kind"]
+    "fleetchat_frames_dropped",
+    "Frames dropped from a socket's outgoing queue before they were written",
+    ["kind"],
 )
 slow_client_resyncs = Counter(
     "fleetchat_slow_client_resyncs", "Status sockets that fell a whole queue behind and were resynced"
@@ -100,7 +103,9 @@ slow_client_closes = Counter(
     "fleetchat_slow_client_closes", "Sockets that fell a whole queue behind and were closed (4008)", ["kind"]
 )
 handshakes = Counter(
-    "fleetchat_handshakes", "WebSocket handshakes by kind and outcome (accepted, or why refused)", ["kind", "outcome"]
+    "fleetchat_handshakes",
+    "WebSocket handshakes by kind and outcome (accepted, or why refused)",
+    ["kind", "outcome"],
 )
 ACCEPTED = "accepted"
 UNAUTHENTICATED = "unauthenticated"
@@ -171,7 +176,8 @@ def socket_closed(kind: str) -> None:
 # --- web: the report API -----------------------------------------------------------------------
 
 api_answers = Counter(
-    "fleetchat_api_reports", "Agent API answers by view (machine_report, report_batch, machine) and status code",
+    "fleetchat_api_reports",
+    "Agent API answers by view (machine_report, report_batch, machine) and status code",
     ["endpoint", "code"],
 )
 for endpoint in ("machine_report", "report_batch", "machine"):
@@ -214,14 +220,19 @@ def agent_token_used(token: str, outcome: str) -> None:
 # --- worker ----------------------------------------------------------------------------------
 
 worker_messages = Counter(
-    "fleetchat_worker_messages", "Messages handled by a worker, by type and outcome (ok, error)", ["type", "outcome"]
+    "fleetchat_worker_messages",
+    "Messages handled by a worker, by type and outcome (ok, error)",
+    ["type", "outcome"],
 )
 handler_seconds = Histogram(
-    "fleetchat_worker_handler_seconds", "Time a worker took to handle a message, by type", ["type"],
+    "fleetchat_worker_handler_seconds",
+    "Time a worker took to handle a message, by type",
+    ["type"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 redis_rtt_seconds = Histogram(
-    "fleetchat_redis_rtt_seconds", "Redis round trip (a PING from the status worker, once per tick)",
+    "fleetchat_redis_rtt_seconds",
+    "Redis round trip (a PING from the status worker, once per tick)",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
 )
 
@@ -235,7 +246,8 @@ def worker_handled(message_type: str, started: float, failed: bool) -> None:
 # --- scheduler -------------------------------------------------------------------------------
 
 tick_lag_seconds = Histogram(
-    "fleetchat_tick_lag_seconds", "How late the leading scheduler sent each tick after its second boundary",
+    "fleetchat_tick_lag_seconds",
+    "How late the leading scheduler sent each tick after its second boundary",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
 
@@ -260,10 +272,13 @@ class LeaseCollector:
         lease = getattr(self.scheduler, "lease", None)  # made once the scheduler serves
         leads = lease is not None and self.scheduler.leads()
         yield GaugeMetricFamily(
-            "fleetchat_scheduler_leader", "1 while this scheduler holds the clock's lease, else 0", value=int(leads)
+            "fleetchat_scheduler_leader",
+            "1 while this scheduler holds the clock's lease, else 0",
+            value=int(leads),
         )
         yield GaugeMetricFamily(
-            "fleetchat_scheduler_fencing_token", "The fencing token of the lease this scheduler holds (0: standing by)",
+            "fleetchat_scheduler_fencing_token",
+            "The fencing token of the lease this scheduler holds (0: standing by)",
             value=lease.token if leads else 0,
         )
 
@@ -291,11 +306,15 @@ class QueueCollector:
         finally:
             client.close()
         channels = GaugeMetricFamily(
-            "fleetchat_channel_queue_messages", "Messages waiting in a worker channel of the channel layer", labels=["channel"]
+            "fleetchat_channel_queue_messages",
+            "Messages waiting in a worker channel of the channel layer",
+            labels=["channel"],
         )
         for channel, depth in zip(protocol.WORKER_CHANNELS, depths):
             channels.add_metric([channel], depth)
         yield channels
         yield GaugeMetricFamily(
-            "fleetchat_reports_queue_messages", "Agent reports queued (answered 202) and not yet applied", value=reports
+            "fleetchat_reports_queue_messages",
+            "Agent reports queued (answered 202) and not yet applied",
+            value=reports,
         )

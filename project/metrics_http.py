@@ -94,11 +94,20 @@ def serve_port(process: str, *collectors) -> None:
 
     try:
         server = make_server(
-            settings.METRICS_BIND, settings.METRICS_PORT, guarded(make_wsgi_app(REGISTRY)), Server,
+            settings.METRICS_BIND,
+            settings.METRICS_PORT,
+            guarded(make_wsgi_app(REGISTRY)),
+            Server,
             handler_class=QuietHandler,
         )
     except OSError as error:
-        log.error("%s: cannot serve metrics on %s:%s (%s)", process, settings.METRICS_BIND, settings.METRICS_PORT, error)
+        log.error(
+            "%s: cannot serve metrics on %s:%s (%s)",
+            process,
+            settings.METRICS_BIND,
+            settings.METRICS_PORT,
+            error,
+        )
         return
     log.info("%s: metrics on http://%s:%d/metrics", process, settings.METRICS_BIND, settings.METRICS_PORT)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

@@ -40,7 +40,11 @@ def chat(request: HttpRequest, room: str | None = None) -> HttpResponse:
             "rooms": rooms,
             "room_pattern": protocol.ROOM_PATTERN,
             "max_chars": settings.CHAT_MESSAGE_MAX_CHARS,
-            "chat_config": {"room": room, "user": request.user.get_username(), "max_chars": settings.CHAT_MESSAGE_MAX_CHARS},
+            "chat_config": {
+                "room": room,
+                "user": request.user.get_username(),
+                "max_chars": settings.CHAT_MESSAGE_MAX_CHARS,
+            },
         },
     )
 

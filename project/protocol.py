@@ -147,6 +147,7 @@ class StatusView:
     def shows_name(self, name: str) -> bool:
         return self.search is None or self.search in name.lower()
 
+
 # --- Slow clients ---------------------------------------------------------------------------
 
 # A socket whose client falls a whole outbox behind (settings.SOCKET_QUEUE_MAX_FRAMES /
@@ -193,6 +194,7 @@ SESSION_END = "session.ended"
 
 # --- Errors -------------------------------------------------------------------------------------
 
+
 class ErrorCode:
     INVALID_JSON = "invalid_json"
     INVALID_MESSAGE = "invalid_message"
@@ -227,6 +229,7 @@ class ProtocolError(Exception):
 
 # --- Timestamps ----------------------------------------------------------------------------
 
+
 def iso_utc(moment: datetime | None) -> str | None:
     """Timestamps on the wire: ISO-8601, UTC, milliseconds, ``Z``."""
     if moment is None:
@@ -235,6 +238,7 @@ def iso_utc(moment: datetime | None) -> str | None:
 
 
 # --- Encoding -------------------------------------------------------------------------------
+
 
 def encode(frame: dict[str, Any]) -> str:
     return orjson.dumps(frame).decode()
@@ -246,6 +250,7 @@ def relay(frame: dict[str, Any]) -> dict[str, str]:
 
 
 # --- Client frame checkers -------------------------------------------------------------------
+
 
 def has_nul(value: Any) -> bool:
     """Whether decoded JSON holds a NUL character in any string: PostgreSQL cannot store one,
@@ -351,7 +356,9 @@ def check_chat_resume(frame: dict[str, Any]) -> tuple[str, int]:
         return "offset", _check_int(frame, "after_offset", 0)
     if "after_id" in frame:
         return "id", _check_int(frame, "after_id", 0)
-    raise ProtocolError(ErrorCode.INVALID_MESSAGE, "chat.resume needs after_offset (or after_id), an integer >= 0")
+    raise ProtocolError(
+        ErrorCode.INVALID_MESSAGE, "chat.resume needs after_offset (or after_id), an integer >= 0"
+    )
 
 
 def check_status_view(frame: dict[str, Any]) -> StatusView:
@@ -360,13 +367,16 @@ def check_status_view(frame: dict[str, Any]) -> StatusView:
     page = _check_int({"page": frame.get("page", 1)}, "page", 1, STATUS_PAGE_MAX)
     state = frame.get("state")
     if state is not None and (not isinstance(state, str) or state not in MACHINE_STATES):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"state must be null or one of: {', '.join(MACHINE_STATES)}")
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"state must be null or one of: {', '.join(MACHINE_STATES)}"
+        )
     search = frame.get("search")
     if search == "":
         search = None
     if search is not None and (not isinstance(search, str) or not STATUS_SEARCH_RE.fullmatch(search)):
         raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, "search must be null or 1 to 40 of the characters of machine names: A-Z a-z 0-9 _ . -"
+            ErrorCode.INVALID_MESSAGE,
+            "search must be null or 1 to 40 of the characters of machine names: A-Z a-z 0-9 _ . -",
         )
     return StatusView(page, state, search.lower() if search is not None else None)
 

@@ -54,7 +54,9 @@ def stream_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(n or 0)
 
 
-async def enqueue(client: redis.asyncio.Redis, kind: str, name: str, report: dict[str, Any] | None, max_waiting: int) -> str | None:
+async def enqueue(
+    client: redis.asyncio.Redis, kind: str, name: str, report: dict[str, Any] | None, max_waiting: int
+) -> str | None:
     """Queue a checked report (or a removal) for the status workers; its id, or ``None`` if full."""
     ids = await enqueue_many(client, [(kind, name, report)], max_waiting)
     return None if ids is None else ids[0]

@@ -118,6 +118,7 @@ TEMPLATES = [
 
 # --- Database (docs/operations.md "The database") ------------------------------------------
 
+
 def database_settings(url: str, conn_max_age: int) -> dict:
     """``DATABASES["default"]`` for a ``DATABASE_URL`` (the tests build theirs with this too)."""
     database = dj_database_url.parse(url, conn_max_age=conn_max_age, conn_health_checks=True)
@@ -245,9 +246,13 @@ if not SECURE_HSTS_PRELOAD:
 # it from any client, so the proxy must set or strip it on every request; sockets read it too.
 proxy_ssl_header = env_list("SECURE_PROXY_SSL_HEADER", "")
 if proxy_ssl_header and len(proxy_ssl_header) != 2:
-    raise ImproperlyConfigured("SECURE_PROXY_SSL_HEADER must be 'Header-Name,value', e.g. 'X-Forwarded-Ssl,on'")
+    raise ImproperlyConfigured(
+        "SECURE_PROXY_SSL_HEADER must be 'Header-Name,value', e.g. 'X-Forwarded-Ssl,on'"
+    )
 SECURE_PROXY_SSL_HEADER = (
-    ("HTTP_" + proxy_ssl_header[0].upper().replace("-", "_"), proxy_ssl_header[1]) if proxy_ssl_header else None
+    ("HTTP_" + proxy_ssl_header[0].upper().replace("-", "_"), proxy_ssl_header[1])
+    if proxy_ssl_header
+    else None
 )
 # Origins other than the one a request is addressed to (scheme://host[:port]) that may open sockets
 # (project/socket_origin.py) and post forms: for a proxy that changes the Host or ends TLS unsaid.
@@ -351,7 +356,13 @@ if GROUP_LAYER == "pubsub":
     CHANNEL_LAYERS["groups"] = {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
-            "hosts": [{key: value for key, value in REDIS_LAYER_HOST.items() if not key.startswith(("max_", "socket_"))}],
+            "hosts": [
+                {
+                    key: value
+                    for key, value in REDIS_LAYER_HOST.items()
+                    if not key.startswith(("max_", "socket_"))
+                }
+            ],
             "prefix": "fleetchat",
         },
     }
@@ -411,7 +422,9 @@ try:
         ipaddress.ip_network(item, strict=False) for item in env_list("METRICS_ALLOW_IPS", "127.0.0.1,::1")
     ]
 except ValueError as error:
-    raise ImproperlyConfigured(f"METRICS_ALLOW_IPS: {error} (use addresses or networks, e.g. 10.0.0.0/8)") from None
+    raise ImproperlyConfigured(
+        f"METRICS_ALLOW_IPS: {error} (use addresses or networks, e.g. 10.0.0.0/8)"
+    ) from None
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # Web's processes share their numbers through files here, in a directory per uvicorn master.
 PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(

@@ -27,7 +27,12 @@ from channels.layers import get_channel_layer
 from channels.middleware import BaseMiddleware
 from django.conf import settings
 from django.contrib.auth import (
-    BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user, get_user_model, load_backend,
+    BACKEND_SESSION_KEY,
+    HASH_SESSION_KEY,
+    SESSION_KEY,
+    get_user,
+    get_user_model,
+    load_backend,
 )
 from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver

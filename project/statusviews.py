@@ -42,11 +42,15 @@ def ordered_key(state: str | None) -> str:
 
 # --- Rows --------------------------------------------------------------------------------------
 
+
 def compact_row(machine: dict[str, Any]) -> list[Any]:
     """A machine object (workers/fleet.py) as a view's row:
     ``[name, state, progress, last_report, [[package, state, percent], ...]]``."""
     return [
-        machine["name"], machine["state"], machine["progress"], machine["last_report"],
+        machine["name"],
+        machine["state"],
+        machine["progress"],
+        machine["last_report"],
         [[package["name"], package["state"], package["percent"]] for package in machine["software"]],
     ]
 
@@ -62,10 +66,13 @@ class Published:
 
     @classmethod
     def of(cls, machine: dict[str, Any]) -> Published:
-        return cls(machine["name"], machine["state"], orjson.dumps(compact_row(machine)), orjson.dumps(machine))
+        return cls(
+            machine["name"], machine["state"], orjson.dumps(compact_row(machine)), orjson.dumps(machine)
+        )
 
 
 # --- Which machines a view shows ---------------------------------------------------------------
+
 
 @dataclass
 class FleetIndex:
@@ -92,7 +99,7 @@ class FleetIndex:
         return self.matching[key]
 
     def page(self, view: StatusView) -> list[str]:
-        return self.members(view)[view.first:view.first + STATUS_PAGE_SIZE]
+        return self.members(view)[view.first : view.first + STATUS_PAGE_SIZE]
 
     def after(self, changed: Iterable[Published], removed: Iterable[str]) -> FleetIndex:
         """The index once ``changed`` machines are published and ``removed`` ones are gone."""
@@ -113,7 +120,9 @@ class ViewChange:
     total: int
 
 
-def view_change(view: StatusView, before: FleetIndex, after: FleetIndex, changed: Collection[str]) -> ViewChange:
+def view_change(
+    view: StatusView, before: FleetIndex, after: FleetIndex, changed: Collection[str]
+) -> ViewChange:
     was, now = before.page(view), after.page(view)
     was_set = set(was)
     shown = [name for name in now if name in changed or name not in was_set]
@@ -161,7 +170,11 @@ def snapshot_call(view: StatusView | None) -> tuple[list[str], list[Any]]:
     """``(keys, args)`` of :data:`SNAPSHOT` for ``view`` (``None``: the whole fleet, whole objects)."""
     if view is None:
         return [keys.STATUS_FEED, keys.STATUS_NAMES, keys.STATUS_MACHINES], [0, 0, ""]
-    return [keys.STATUS_FEED, ordered_key(view.state), keys.STATUS_ROWS], [view.first, STATUS_PAGE_SIZE, view.search or ""]
+    return [keys.STATUS_FEED, ordered_key(view.state), keys.STATUS_ROWS], [
+        view.first,
+        STATUS_PAGE_SIZE,
+        view.search or "",
+    ]
 
 
 @dataclass(frozen=True)
@@ -176,7 +189,12 @@ def snapshot_from(view: StatusView | None, reply: list[Any]) -> Snapshot | None:
     if reply[0] != b"ok":
         return None
     _, epoch, seq, summary, system, total, *rows = reply
-    frame: dict[str, Any] = {"type": STATUS_SNAPSHOT, "epoch": epoch.decode(), "seq": int(seq), "ts": iso_utc(datetime.now(UTC))}
+    frame: dict[str, Any] = {
+        "type": STATUS_SNAPSHOT,
+        "epoch": epoch.decode(),
+        "seq": int(seq),
+        "ts": iso_utc(datetime.now(UTC)),
+    }
     listed = [orjson.Fragment(row) for row in rows if row is not None]
     if view is None:
         frame["machines"] = listed

@@ -28,7 +28,9 @@ class Heartbeat:
 
     async def run(self, scheduler: "Scheduler", tick: Tick, token: int) -> None:
         lag_ms = (time.time_ns() - tick.tick_ns) / 1e6
-        await scheduler.beat(tick_ns=tick.tick_ns, lag_ms=round(lag_ms, 3), leader=scheduler.instance, token=token)
+        await scheduler.beat(
+            tick_ns=tick.tick_ns, lag_ms=round(lag_ms, 3), leader=scheduler.instance, token=token
+        )
 
 
 class StatusTick:
@@ -43,7 +45,12 @@ class StatusTick:
     async def run(self, scheduler: "Scheduler", tick: Tick, token: int) -> None:
         await scheduler.send(
             protocol.STATUS_WORKER,
-            {"type": protocol.STATUS_TICK, "tick_ns": tick.tick_ns, "token": token, "sent_ns": time.time_ns()},
+            {
+                "type": protocol.STATUS_TICK,
+                "tick_ns": tick.tick_ns,
+                "token": token,
+                "sent_ns": time.time_ns(),
+            },
         )
 
 

@@ -57,7 +57,9 @@ class Lease:
 
     async def acquire(self) -> int | None:
         """Take the lease if it is free; the new fencing token, or ``None``."""
-        token = await self._acquire(keys=[keys.SCHEDULER_LEASE, keys.SCHEDULER_FENCE], args=[self.holder, self.ttl_ms])
+        token = await self._acquire(
+            keys=[keys.SCHEDULER_LEASE, keys.SCHEDULER_FENCE], args=[self.holder, self.ttl_ms]
+        )
         self.token = None if token is None else int(token)
         return self.token
 
@@ -74,4 +76,3 @@ class Lease:
         if self.token is not None:
             await self._release(keys=[keys.SCHEDULER_LEASE], args=[self.value])
             self.token = None
-

@@ -65,7 +65,9 @@ class Scheduler:
         self.redis = redis_connections.async_client(socket_timeout=1, socket_connect_timeout=1)
         self.lease = Lease(self.redis, self.instance, self.lease_ttl_ms)
         self.channel_layer = get_channel_layer()
-        log.info("scheduler %s started with jobs: %s", self.instance, ", ".join(job.name for job in self.jobs))
+        log.info(
+            "scheduler %s started with jobs: %s", self.instance, ", ".join(job.name for job in self.jobs)
+        )
         keeper = loop.create_task(self.keep_lease())
         try:
             await self.main_loop()
@@ -154,9 +156,14 @@ class Scheduler:
                 latest_ns = now_ns - now_ns % self.period_ns
                 if now_ns - latest_ns <= CATCH_UP_NS:
                     return Tick(tick_ns=latest_ns, skipped=0)
-            wakers = [asyncio.ensure_future(self.should_exit.wait()), asyncio.ensure_future(self.took_lead.wait())]
+            wakers = [
+                asyncio.ensure_future(self.should_exit.wait()),
+                asyncio.ensure_future(self.took_lead.wait()),
+            ]
             try:
-                await asyncio.wait(wakers, timeout=(expected_ns - now_ns) / NS_PER_S, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    wakers, timeout=(expected_ns - now_ns) / NS_PER_S, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 for waker in wakers:
                     waker.cancel()
@@ -182,4 +189,6 @@ class Scheduler:
             log.warning("channel %s is full; %s not sent", channel, message["type"])
 
     async def beat(self, **fields: Any) -> None:
-        await self.redis.set(heartbeats.key(heartbeats.SCHEDULER), heartbeats.record(**fields), ex=heartbeats.TTL_S)
+        await self.redis.set(
+            heartbeats.key(heartbeats.SCHEDULER), heartbeats.record(**fields), ex=heartbeats.TTL_S
+        )

@@ -82,7 +82,9 @@ class ChatClient:
                     self.take(message)
             elif kind == "chat.message":
                 self.take(frame)
-            elif kind == "error" and frame["code"] == "server_busy" and frame.get("client_id") in self.pending:
+            elif (
+                kind == "error" and frame["code"] == "server_busy" and frame.get("client_id") in self.pending
+            ):
                 self.pending[frame["client_id"]]["sent_at"] = 0.0
             if self.has_hole(frame) and (gap_timer is None or gap_timer.done()):
                 gap_timer = asyncio.create_task(self.resume_soon())
@@ -122,7 +124,9 @@ class ChatClient:
             return
         entry["sent_at"] = time.monotonic()
         try:
-            await self.ws.send(json.dumps({"type": "chat.message", "message": entry["text"], "client_id": client_id}))
+            await self.ws.send(
+                json.dumps({"type": "chat.message", "message": entry["text"], "client_id": client_id})
+            )
         except ConnectionClosed:
             pass  # sent again after the reconnect
 
@@ -157,11 +161,18 @@ def chat_stack(tmp_path_factory, redis_url: str, **env: str) -> Iterator[Stack]:
     from .conftest import make_stack
 
     for stack in make_stack(
-        tmp_path_factory, redis_url, instances={"worker": 2}, flush=False,
-        CHAT_RATE_LIMIT_COUNT="10000", EDGE_MESSAGES_PER_S="100", EDGE_READS_PER_S="20", **env,
+        tmp_path_factory,
+        redis_url,
+        instances={"worker": 2},
+        flush=False,
+        CHAT_RATE_LIMIT_COUNT="10000",
+        EDGE_MESSAGES_PER_S="100",
+        EDGE_READS_PER_S="20",
+        **env,
     ):
         stack.create_users("alice", "bob")
         yield stack
+
 
 MESSAGES_EACH = 200
 RATE_PER_S = 20
@@ -213,9 +224,9 @@ async def conversation(stack: Stack, sessions: dict[str, str], fault) -> dict:
 
 def assert_exactly_once_in_order(stack: Stack, seen: dict) -> None:
     stored = stack.manage(
-        "shell", "-c",
-        f"from workers.models import Message; "
-        f"print(Message.objects.filter(room={seen['room']!r}).count())",
+        "shell",
+        "-c",
+        f"from workers.models import Message; print(Message.objects.filter(room={seen['room']!r}).count())",
     )
     assert int(stored.split()[-1]) == 2 * MESSAGES_EACH, "a message was stored twice or not at all"
     views = []

@@ -20,13 +20,19 @@ document.addEventListener("securitypolicyviolation", (event) => window.reportCsp
 
 def watch(context) -> None:
     """Record the violations of every page of ``context``, those opened later too."""
-    context.expose_binding("reportCspViolation", lambda source, text: violations.append(f"{source['page'].url}: {text}"))
+    context.expose_binding(
+        "reportCspViolation", lambda source, text: violations.append(f"{source['page'].url}: {text}")
+    )
     context.add_init_script(REPORT_VIOLATIONS)
     # Chromium also logs each one ("Refused to … because it violates the following Content
     # Security Policy directive"), including those no page script can hear of.
-    context.on("console", lambda message: (
-        "Content Security Policy" in message.text and violations.append(f"{message.page and message.page.url}: {message.text}")
-    ))
+    context.on(
+        "console",
+        lambda message: (
+            "Content Security Policy" in message.text
+            and violations.append(f"{message.page and message.page.url}: {message.text}")
+        ),
+    )
 
 
 def fail_on_violations() -> Iterator[None]:

@@ -59,7 +59,9 @@ class Front:
         with open(self.workdir / "front.log", "ab") as log:
             self.process = subprocess.Popen(
                 [NGINX, "-p", f"{self.workdir}/", "-c", str(config), "-g", "daemon off;"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -55,7 +55,9 @@ def unavailable() -> str | None:
         ip("netns", "add", probe)
         subprocess.run(
             ["ip", "netns", "exec", probe, "nft", "add", "table", "inet", "probe"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
     except subprocess.CalledProcessError as error:
         return f"cannot create a network namespace with a firewall table: {error.stderr.strip()}"
@@ -104,8 +106,12 @@ class Host:
         """Run ``argv`` on this host (``ip netns exec`` execs it: the pid is the program's)."""
         with open(log, "ab") as out:
             process = subprocess.Popen(
-                ["ip", "netns", "exec", self.namespace, *argv], env=env, cwd=cwd,
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                ["ip", "netns", "exec", self.namespace, *argv],
+                env=env,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         self.processes.append(process)
         return process
@@ -136,10 +142,14 @@ class Host:
             f"  chain in {{ type filter hook input priority 0; ip saddr {peer} drop; }}\n"
             "}\n"
         )
-        subprocess.run(["ip", "netns", "exec", self.namespace, "nft", "-f", "-"], input=rules, text=True, check=True)
+        subprocess.run(
+            ["ip", "netns", "exec", self.namespace, "nft", "-f", "-"], input=rules, text=True, check=True
+        )
 
     def heal(self) -> None:
-        subprocess.run(["ip", "netns", "exec", self.namespace, "nft", "delete", "table", "inet", "partition"], check=True)
+        subprocess.run(
+            ["ip", "netns", "exec", self.namespace, "nft", "delete", "table", "inet", "partition"], check=True
+        )
 
 
 class Network:
@@ -164,7 +174,20 @@ class Network:
         host = self.hosts[name] = Host(name, f"{self.tag}-{name}", address)
         port = f"p-{name}"[:15]  # the host's port on the bridge (interface names: 15 bytes)
         ip("netns", "add", host.namespace)
-        ip("-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host.namespace)
+        ip(
+            "-n",
+            self.switch,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.namespace,
+        )
         ip("-n", self.switch, "link", "set", port, "master", "br0")
         ip("-n", self.switch, "link", "set", port, "up")
         ip("-n", host.namespace, "addr", "add", f"{address}/24", "dev", "eth0")

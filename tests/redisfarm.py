@@ -42,10 +42,13 @@ class SentinelSet:
     def __init__(self, workdir: Path, down_after_ms: int = 1000) -> None:
         self.master = OwnRedis(workdir / "master")
         self.replicas = [
-            OwnRedis(workdir / f"replica-{n}", ["--replicaof", "127.0.0.1", str(self.master.port)]) for n in (1, 2)
+            OwnRedis(workdir / f"replica-{n}", ["--replicaof", "127.0.0.1", str(self.master.port)])
+            for n in (1, 2)
         ]
         self.sentinels = [
-            embedded_redis.start_sentinel(workdir / f"sentinel-{n}", MASTER_NAME, self.master.port, 2, down_after_ms)
+            embedded_redis.start_sentinel(
+                workdir / f"sentinel-{n}", MASTER_NAME, self.master.port, 2, down_after_ms
+            )
             for n in (1, 2, 3)
         ]
         self.wait_until_watched()

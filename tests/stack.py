@@ -67,8 +67,13 @@ class Stack:
     def run_release(self) -> None:
         with self.log("release") as log:
             subprocess.run(
-                self.procfile["release"], shell=True, cwd=ROOT, env=self.env, check=True,
-                stdout=log, stderr=subprocess.STDOUT,
+                self.procfile["release"],
+                shell=True,
+                cwd=ROOT,
+                env=self.env,
+                check=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     def log(self, name: str):
@@ -83,8 +88,13 @@ class Stack:
         # exec so that signals reach the process itself, not a wrapping shell.
         with self.log(label) as log:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(
-                f"exec {self.procfile[name]}", shell=True, cwd=ROOT, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                f"exec {self.procfile[name]}",
+                shell=True,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         self.processes[label] = process
         if name == "web":
@@ -144,8 +154,12 @@ class Stack:
 
     def manage(self, *args: str) -> str:
         result = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
-            capture_output=True, text=True,
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return result.stdout
 
@@ -168,7 +182,9 @@ class Stack:
             {"username": username, "password": PASSWORD, "csrfmiddlewaretoken": token}
         ).encode()
         request = urllib.request.Request(
-            self.base_url + "/accounts/login/", data=form, headers={"Referer": self.base_url + "/accounts/login/"}
+            self.base_url + "/accounts/login/",
+            data=form,
+            headers={"Referer": self.base_url + "/accounts/login/"},
         )
         opener.open(request).close()
         cookies = {cookie.name: cookie.value for cookie in jar}

@@ -124,7 +124,6 @@ def create_agent_token_table() -> None:
         editor.create_model(AgentToken)
 
 
-
 # --- Over the real processes ----------------------------------------------------------------------
 
 
@@ -133,9 +132,13 @@ def stack(tmp_path_factory, redis_url):
     yield from make_stack(tmp_path_factory, redis_url, FLEET_TOKEN=ENV_TOKEN, METRICS_TOKEN=METRICS_TOKEN)
 
 
-def report(stack: Stack, token: str, path: str = "/api/machines/node-1/report", body=REPORT) -> tuple[int, dict]:
+def report(
+    stack: Stack, token: str, path: str = "/api/machines/node-1/report", body=REPORT
+) -> tuple[int, dict]:
     request = urllib.request.Request(
-        stack.base_url + path, data=json.dumps(body).encode(), method="POST",
+        stack.base_url + path,
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     try:
@@ -159,7 +162,11 @@ def report_to(stack: Stack, worker: psutil.Process, token: str) -> int:
 
 def agenttoken(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "manage.py", "agenttoken", *args], cwd=ROOT, env=stack.env, capture_output=True, text=True
+        [sys.executable, "manage.py", "agenttoken", *args],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -223,10 +230,14 @@ def test_two_tokens_report_and_a_revoked_one_is_refused_within_a_second_on_every
         assert [report_to(stack, worker, token) for token in (first, second, ENV_TOKEN)] == [202, 202, 202]
 
     revoked = []
-    answers = reports_to_each_worker(stack, first, lambda: revoked.append(agenttoken(stack, "revoke", "rack-1")))
+    answers = reports_to_each_worker(
+        stack, first, lambda: revoked.append(agenttoken(stack, "revoke", "rack-1"))
+    )
     delays = refusal_delays(answers, revoked_at(stack, "rack-1"))
 
-    print(f"\nrevoked 'rack-1': refused by each web worker after {sorted(round(s, 3) for s in delays.values())} s")
+    print(
+        f"\nrevoked 'rack-1': refused by each web worker after {sorted(round(s, 3) for s in delays.values())} s"
+    )
     assert revoked[0].returncode == 0, revoked[0].stderr
     assert delays.keys() == {worker.pid for worker in workers}
     assert max(delays.values()) < REVOKED_WITHIN_S, delays
@@ -265,13 +276,25 @@ def test_requests_are_counted_by_token_name_and_outcome(stack):
 
     after = scrape(f"{stack.base_url}/metrics", METRICS_TOKEN)
     counted = {
-        (token, outcome): moved(before, after, "fleetchat_agent_token_requests_total", token=token, outcome=outcome)
-        for token, outcome in [("metered", "accepted"), ("env", "accepted"), ("metered-old", "revoked"),
-                               ("", "unknown"), ("", "missing")]
+        (token, outcome): moved(
+            before, after, "fleetchat_agent_token_requests_total", token=token, outcome=outcome
+        )
+        for token, outcome in [
+            ("metered", "accepted"),
+            ("env", "accepted"),
+            ("metered-old", "revoked"),
+            ("", "unknown"),
+            ("", "missing"),
+        ]
     }
     assert statuses == [202, 202, 202, 401, 401, 401]
-    assert counted == {("metered", "accepted"): 2, ("env", "accepted"): 1, ("metered-old", "revoked"): 1,
-                       ("", "unknown"): 1, ("", "missing"): 1}
+    assert counted == {
+        ("metered", "accepted"): 2,
+        ("env", "accepted"): 1,
+        ("metered-old", "revoked"): 1,
+        ("", "unknown"): 1,
+        ("", "missing"): 1,
+    }
 
 
 @pytest.mark.integration
@@ -288,14 +311,17 @@ def test_the_database_holds_the_token_s_hash_and_never_the_token(stack, tmp_path
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("args, error", [
-    (("create", "env"), "'env' is FLEET_TOKEN's name"),
-    (("create", "has space"), "1-64 letters, digits"),
-    (("create", "twice"), None),
-    (("create", "twice"), "already exists"),
-    (("revoke", "env"), "remove it from the environment"),
-    (("revoke", "nobody"), "no agent token is named 'nobody'"),
-])
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (("create", "env"), "'env' is FLEET_TOKEN's name"),
+        (("create", "has space"), "1-64 letters, digits"),
+        (("create", "twice"), None),
+        (("create", "twice"), "already exists"),
+        (("revoke", "env"), "remove it from the environment"),
+        (("revoke", "nobody"), "no agent token is named 'nobody'"),
+    ],
+)
 def test_the_command_refuses_what_it_cannot_do_with_a_clear_error(stack, args, error):
     done = agenttoken(stack, *args)
 
@@ -313,11 +339,14 @@ class Admin:
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
 
     def open(self, path: str, form: dict | None = None) -> tuple[int, str]:
         request = urllib.request.Request(
-            self.stack.base_url + path, data=urllib.parse.urlencode(form, doseq=True).encode() if form else None,
+            self.stack.base_url + path,
+            data=urllib.parse.urlencode(form, doseq=True).encode() if form else None,
             headers={"Referer": self.stack.base_url + path},
         )
         try:
@@ -334,10 +363,14 @@ class Admin:
 
 @pytest.fixture(scope="module")
 def admin(stack: Stack) -> Admin:
-    stack.manage("shell", "-c", (
-        "from django.contrib.auth import get_user_model\n"
-        f"get_user_model().objects.create_superuser('root', password={PASSWORD!r})"
-    ))
+    stack.manage(
+        "shell",
+        "-c",
+        (
+            "from django.contrib.auth import get_user_model\n"
+            f"get_user_model().objects.create_superuser('root', password={PASSWORD!r})"
+        ),
+    )
     browser = Admin(stack)
     status, page = browser.submit("/admin/login/?next=/admin/", {"username": "root", "password": PASSWORD})
     assert status == 200 and "Log out" in page
@@ -354,18 +387,29 @@ def test_the_admin_shows_a_new_token_once_lists_tokens_and_revokes_them(stack, a
     assert status == 200 and report(stack, secret)[0] == 202
 
     _, listing = admin.open(CHANGELIST)
-    pk = re.search(r'name="_selected_action" value="(\d+)"[^>]*>\s*</td>\s*<th class="field-name"><a href="[^"]+">from-admin<',
-                   listing).group(1)
+    pk = re.search(
+        r'name="_selected_action" value="(\d+)"[^>]*>\s*</td>\s*<th class="field-name"><a href="[^"]+">from-admin<',
+        listing,
+    ).group(1)
     _, change_page = admin.open(f"{CHANGELIST}{pk}/change/")
-    assert "from-admin" in listing and "active" in listing and secret not in listing and secret not in change_page
+    assert (
+        "from-admin" in listing
+        and "active" in listing
+        and secret not in listing
+        and secret not in change_page
+    )
 
     pages = []
     answers = reports_to_each_worker(
-        stack, secret, lambda: pages.append(admin.submit(CHANGELIST, {"action": "revoke", "_selected_action": [pk]}))
+        stack,
+        secret,
+        lambda: pages.append(admin.submit(CHANGELIST, {"action": "revoke", "_selected_action": [pk]})),
     )
     delays = refusal_delays(answers, revoked_at(stack, "from-admin"))
 
-    print(f"\nrevoked 'from-admin' in the admin: refused by each web worker after {sorted(round(s, 3) for s in delays.values())} s")
+    print(
+        f"\nrevoked 'from-admin' in the admin: refused by each web worker after {sorted(round(s, 3) for s in delays.values())} s"
+    )
     assert "Revoked from-admin" in pages[0][1]
     assert len(delays) == 2 and max(delays.values()) < REVOKED_WITHIN_S, delays
     assert report(stack, ENV_TOKEN)[0] == 202

@@ -25,8 +25,14 @@ pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKEN = "browser-test-token-9c8b7a"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -93,14 +99,16 @@ def bodies(page) -> list[str]:
 
 def wait_for_bodies(page, expected: list[str], timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
-    while bodies(page)[-len(expected):] != expected:
+    while bodies(page)[-len(expected) :] != expected:
         assert time.monotonic() < deadline, f"saw {bodies(page)}, wanted {expected} at the end"
         time.sleep(0.1)
 
 
 def report(stack: Stack, name: str, body: dict) -> None:
     request = urllib.request.Request(
-        f"{stack.base_url}/api/machines/{name}/report", data=json.dumps(body).encode(), method="POST",
+        f"{stack.base_url}/api/machines/{name}/report",
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
     )
     assert urllib.request.urlopen(request, timeout=5).status == 202
@@ -142,7 +150,9 @@ def test_the_policy_refuses_inline_script_and_the_tests_notice(browser, stack, s
     is caught: the one provoked here on purpose would fail this test (tests/csp.py)."""
     page = open_page(browser, stack, sessions["ana"], "/chat/policy/")
     live(page)  # the socket to the page's own origin: 'self' covers ws: in Chromium
-    policy = page.evaluate("fetch(location.href).then((answer) => answer.headers.get('content-security-policy'))")
+    policy = page.evaluate(
+        "fetch(location.href).then((answer) => answer.headers.get('content-security-policy'))"
+    )
     assert "default-src 'self'" in policy and "'unsafe-inline'" not in policy
     page.evaluate("""() => {
         const script = document.createElement("script");
@@ -164,10 +174,14 @@ def test_the_policy_refuses_inline_script_and_the_tests_notice(browser, stack, s
 def test_the_admin_works_under_the_policy(browser, stack):
     """The admin's own scripts (change lists, inlines, date pickers) run, and nothing of it is
     refused: a violation fails this test."""
-    stack.manage("shell", "-c", (
-        "from django.contrib.auth import get_user_model; "
-        f"get_user_model().objects.create_superuser('root', password={PASSWORD!r})"
-    ))
+    stack.manage(
+        "shell",
+        "-c",
+        (
+            "from django.contrib.auth import get_user_model; "
+            f"get_user_model().objects.create_superuser('root', password={PASSWORD!r})"
+        ),
+    )
     page = open_page(browser, stack, stack.login("root"), "/admin/")
     page.get_by_role("link", name="Messages").first.wait_for()
 
@@ -214,7 +228,11 @@ def test_web_restart_mid_conversation_loses_and_doubles_nothing(browser, stack, 
     send(ben, "sent while ana was still reconnecting")
     live(ana)
 
-    expected = {"before the restart", "typed while the server was down", "sent while ana was still reconnecting"}
+    expected = {
+        "before the restart",
+        "typed while the server was down",
+        "sent while ana was still reconnecting",
+    }
     for page in (ana, ben):
         deadline = time.monotonic() + 20
         while not expected <= set(bodies(page)):
@@ -258,8 +276,15 @@ def test_dashboard_shows_a_reported_machine_within_two_seconds(browser, stack, s
     live(page)
     wait_for(page, "document.getElementById('last-update').textContent.startsWith('last update')")
     reported_at = time.monotonic()
-    report(stack, "db-07", {"state": "provisioning", "progress": 37,
-                            "software": [{"name": "postgresql", "state": "installing", "percent": 63}]})
+    report(
+        stack,
+        "db-07",
+        {
+            "state": "provisioning",
+            "progress": 37,
+            "software": [{"name": "postgresql", "state": "installing", "percent": 63}],
+        },
+    )
     card = page.locator(".machine[data-name='db-07']")
     card.wait_for(timeout=2000)
     assert time.monotonic() - reported_at <= 2
@@ -291,11 +316,28 @@ def test_screenshots(browser, stack, sessions, tmp_path):
     target = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path)
     for index, state in enumerate(["ready", "provisioning", "provisioning", "failed", "pending", "ready"]):
         percent = {"ready": 100, "provisioning": 30 + 20 * index, "failed": 45, "pending": 0}[state]
-        report(stack, f"node-{index + 1:03d}", {"state": state, "software": [
-            {"name": "base-os", "state": "done", "percent": 100},
-            {"name": "nginx", "state": "failed" if state == "failed" else ("done" if percent == 100 else "installing"), "percent": percent},
-            {"name": "postgresql", "state": "done" if percent == 100 else "queued", "percent": 100 if percent == 100 else 0},
-        ]})
+        report(
+            stack,
+            f"node-{index + 1:03d}",
+            {
+                "state": state,
+                "software": [
+                    {"name": "base-os", "state": "done", "percent": 100},
+                    {
+                        "name": "nginx",
+                        "state": "failed"
+                        if state == "failed"
+                        else ("done" if percent == 100 else "installing"),
+                        "percent": percent,
+                    },
+                    {
+                        "name": "postgresql",
+                        "state": "done" if percent == 100 else "queued",
+                        "percent": 100 if percent == 100 else 0,
+                    },
+                ],
+            },
+        )
     dashboard = open_page(browser, stack, sessions["ana"], "/dashboard/")
     live(dashboard)
     dashboard.locator(".machine[data-name='node-006']").wait_for()
@@ -304,7 +346,11 @@ def test_screenshots(browser, stack, sessions, tmp_path):
 
     chat = open_page(browser, stack, sessions["ben"], "/chat/ops/")
     live(chat)
-    for text in ("node-004 failed on nginx, looking", "Shift+Enter gives\na new line", "<b>tags</b> stay text"):
+    for text in (
+        "node-004 failed on nginx, looking",
+        "Shift+Enter gives\na new line",
+        "<b>tags</b> stay text",
+    ):
         send(chat, text)
     wait_for_bodies(chat, ["<b>tags</b> stay text"])
     chat.screenshot(path=str(target / "screenshot-chat.png"))

@@ -69,7 +69,9 @@ async def test_sigkill_of_one_of_two_chat_workers(stack, sessions):
 
 
 async def test_sigkill_of_one_web_process(stack, sessions):
-    seen = await conversation(stack, sessions, lambda clients: serving(stack, clients[1]).send_signal(signal.SIGKILL))
+    seen = await conversation(
+        stack, sessions, lambda clients: serving(stack, clients[1]).send_signal(signal.SIGKILL)
+    )
     assert_exactly_once_in_order(stack, seen)
     assert seen["clients"][1].closes, "the killed process did not hold bob's socket"
     assert seen["longest_gap_s"] <= PROCESS_FAULT_MAX_GAP_S, seen
@@ -87,7 +89,9 @@ async def test_sigterm_restart_of_web(stack, sessions):
     seen = await conversation(stack, sessions, fault)
     assert_exactly_once_in_order(stack, seen)
     assert exits[0] <= 5
-    assert all(code in (1012, 1001) for client in seen["clients"] for code in client.closes), "not told to reconnect"
+    assert all(code in (1012, 1001) for client in seen["clients"] for code in client.closes), (
+        "not told to reconnect"
+    )
     assert seen["longest_gap_s"] <= WEB_RESTART_MAX_GAP_S, seen
 
 
@@ -119,7 +123,8 @@ async def test_a_message_stored_but_never_broadcast_reaches_connected_clients(st
             while not all(client.last_offset == 1 for client in clients):
                 await asyncio.sleep(0.05)
         stack.manage(
-            "shell", "-c",
+            "shell",
+            "-c",
             "from django.db import transaction; from workers.chat import next_offset; "
             "from workers.models import Message\n"
             f"with transaction.atomic(): Message.objects.create(room={room!r}, offset=next_offset({room!r}), "
@@ -130,7 +135,9 @@ async def test_a_message_stored_but_never_broadcast_reaches_connected_clients(st
             while not all(client.last_offset == 2 for client in clients):
                 await asyncio.sleep(0.05)
         delays = [client.first_after(stored_at) for client in clients]
-        assert all(client.closes == [] for client in clients), f"a client had to reconnect: {[client.closes for client in clients]}"
+        assert all(client.closes == [] for client in clients), (
+            f"a client had to reconnect: {[client.closes for client in clients]}"
+        )
         assert [m["message"] for m in clients[1].shown()] == ["seen live", "stored, never broadcast"]
         assert max(delays) <= 5, delays
     finally:

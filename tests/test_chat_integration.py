@@ -74,7 +74,13 @@ async def test_rooms_are_isolated(stack, sessions):
 async def test_history_on_join_is_oldest_first(stack, sessions):
     room = new_room()
     alice, history = await join(stack, sessions["alice"], room)
-    assert history == {"type": "chat.history", "room": room, "kind": "join", "messages": [], "truncated": False}
+    assert history == {
+        "type": "chat.history",
+        "room": room,
+        "kind": "join",
+        "messages": [],
+        "truncated": False,
+    }
     for text in ("one", "two", "three"):
         await send_json(alice, {"message": text})
         await recv_until(alice, "chat.message")
@@ -243,7 +249,9 @@ async def test_foreign_origin_is_refused(stack, sessions):
     assert refused.value.response.status_code == 403
 
 
-@pytest.mark.parametrize("path", ["/ws/chat/bad%20room/", "/ws/chat/" + "r" * 65 + "/", "/ws/chat/a/b/", "/ws/nowhere/"])
+@pytest.mark.parametrize(
+    "path", ["/ws/chat/bad%20room/", "/ws/chat/" + "r" * 65 + "/", "/ws/chat/a/b/", "/ws/nowhere/"]
+)
 async def test_bad_room_or_path_is_refused(stack, sessions, path):
     with pytest.raises(InvalidStatus) as refused:
         await stack.connect(path, sessions["alice"])

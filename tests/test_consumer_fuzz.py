@@ -105,7 +105,9 @@ def open_sockets(client: redis.Redis) -> int:
 
 def leftovers(client: redis.Redis, rooms: list[str]) -> dict[str, int]:
     """Group members and per-user socket entries still in Redis, by key."""
-    groups = [GROUP_KEY.format(protocol.chat_group(room)) for room in rooms] + [GROUP_KEY.format(protocol.STATUS_GROUP)]
+    groups = [GROUP_KEY.format(protocol.chat_group(room)) for room in rooms] + [
+        GROUP_KEY.format(protocol.STATUS_GROUP)
+    ]
     entries = {key: client.zcard(key) for key in groups}
     entries.update({key.decode(): client.zcard(key) for key in client.scan_iter(f"{keys.USER_SOCKETS}*")})
     return {key: count for key, count in entries.items() if count}
@@ -123,7 +125,8 @@ def tracebacks(stack: Stack, logs_from: dict[str, int]) -> list[str]:
     for name, start in logs_from.items():
         lines = stack.read_log(name)[start:].splitlines()
         found += [
-            f"{name}: {lines[n - 1]}" for n, line in enumerate(lines)
+            f"{name}: {lines[n - 1]}"
+            for n, line in enumerate(lines)
             if line.startswith("Traceback") and not (n and lines[n - 1].endswith(UVICORN_UTF8_REFUSAL))
         ]
     return found
@@ -147,9 +150,14 @@ def test_random_frames_are_answered_and_leave_nothing_behind(stack, session, red
 
     # The same frames every run (derandomize), and no shrinking: each example is a real exchange
     # with processes whose state (rate limits, stored messages) a re-run does not reset.
-    @settings(max_examples=20, deadline=None, database=None, derandomize=True,
-              phases=(Phase.explicit, Phase.generate),
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=20,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=(Phase.explicit, Phase.generate),
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(query_strings, st.lists(frame_texts, min_size=10, max_size=40))
     @example(after_offset("²"), CRASHERS)
     def random_frames(query: str, texts: list[str]) -> None:
@@ -187,7 +195,9 @@ async def test_frames_the_server_will_not_read_close_the_socket_with_a_code(
         await recv_until(ws, protocol.CHAT_HISTORY)
         await ws.send(frame, text=text)
         assert await closed_by_server(ws) == code
-    wait_until(lambda: not leftovers(redis_client, [room]), f"left in Redis: {leftovers(redis_client, [room])}")
+    wait_until(
+        lambda: not leftovers(redis_client, [room]), f"left in Redis: {leftovers(redis_client, [room])}"
+    )
     assert not tracebacks(stack, logs_from)
 
 

@@ -70,7 +70,10 @@ async def test_bad_frame_is_answered_by_the_consumer_without_reaching_a_worker(c
     error = json.loads(await comm.receive_from())
     assert error["code"] == "invalid_json"
     assert await comm.receive_nothing()
-    assert channel_layer.channels.get(protocol.CHAT_WORKER) is None or channel_layer.channels[protocol.CHAT_WORKER].empty()
+    assert (
+        channel_layer.channels.get(protocol.CHAT_WORKER) is None
+        or channel_layer.channels[protocol.CHAT_WORKER].empty()
+    )
     await comm.disconnect()
 
 

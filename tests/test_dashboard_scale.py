@@ -82,11 +82,18 @@ class FirstPageReports:
             started = time.monotonic()
             second += 1
             for index in range(1, protocol.STATUS_PAGE_SIZE + 1):
-                body = {"state": "provisioning", "progress": (second + index) % 100,
-                        "software": [{"name": "base-os", "state": "installing", "percent": (second * 3 + index) % 100}]}
+                body = {
+                    "state": "provisioning",
+                    "progress": (second + index) % 100,
+                    "software": [
+                        {"name": "base-os", "state": "installing", "percent": (second * 3 + index) % 100}
+                    ],
+                }
                 request = urllib.request.Request(
-                    f"{self.stack.base_url}/api/machines/node-{index:05d}/report", data=json.dumps(body).encode(),
-                    method="POST", headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+                    f"{self.stack.base_url}/api/machines/node-{index:05d}/report",
+                    data=json.dumps(body).encode(),
+                    method="POST",
+                    headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
                 )
                 urllib.request.urlopen(request, timeout=5).close()
                 self.sent += 1
@@ -135,12 +142,14 @@ def test_the_dashboard_with_10000_machines_paints_fast_and_keeps_up(browser, sta
     render_ms = last["renderMs"]
     updates_per_s = (last["updates"] - first["updates"]) / WATCH_S
     update_bytes = sizes["status.update"]
-    print(f"\n10,000 machines: first paint {first['firstPaintMs']:.0f} ms after the socket opened; "
-          f"snapshot {sizes['status.snapshot']} B; {updates_per_s:.2f} updates/s applied, "
-          f"resyncs {last['resyncs']} (server {last['serverResyncs']}); render ms p50 "
-          f"{statistics.median(render_ms):.1f} p99 {sorted(render_ms)[int(len(render_ms) * 0.99) - 1]:.1f} "
-          f"max {max(render_ms):.1f}; update bytes mean {statistics.fmean(update_bytes):.0f} "
-          f"({sum(update_bytes) / WATCH_S:.0f} B/s); {reports.sent} reports sent")
+    print(
+        f"\n10,000 machines: first paint {first['firstPaintMs']:.0f} ms after the socket opened; "
+        f"snapshot {sizes['status.snapshot']} B; {updates_per_s:.2f} updates/s applied, "
+        f"resyncs {last['resyncs']} (server {last['serverResyncs']}); render ms p50 "
+        f"{statistics.median(render_ms):.1f} p99 {sorted(render_ms)[int(len(render_ms) * 0.99) - 1]:.1f} "
+        f"max {max(render_ms):.1f}; update bytes mean {statistics.fmean(update_bytes):.0f} "
+        f"({sum(update_bytes) / WATCH_S:.0f} B/s); {reports.sent} reports sent"
+    )
     assert first["firstPaintMs"] <= 2000
     assert cards == protocol.STATUS_PAGE_SIZE and total == str(FLEET)
     assert label == f"Page 1 of {FLEET // protocol.STATUS_PAGE_SIZE} · {FLEET} machines"
@@ -162,7 +171,9 @@ def test_filters_and_pages_go_through_the_view(browser, stack, session):  # noqa
     page.select_option("#filter-state", "failed")
     wait_for(page, "document.getElementById('page-label').textContent.startsWith('Page 1 of')")
     wait_for(page, "document.querySelectorAll('#machines .machine').length > 0")
-    states = page.locator("#machines .machine").evaluate_all("cards => cards.map((card) => card.dataset.state)")
+    states = page.locator("#machines .machine").evaluate_all(
+        "cards => cards.map((card) => card.dataset.state)"
+    )
     assert set(states) == {"failed"}
 
     page.select_option("#filter-state", "")

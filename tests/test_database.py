@@ -47,7 +47,9 @@ def session(stack: Stack) -> str:
 
 def get(stack: Stack, path: str, session: str | None = None) -> int:
     headers = {"Cookie": f"sessionid={session}"} if session else {}
-    with urllib.request.urlopen(urllib.request.Request(stack.base_url + path, headers=headers), timeout=10) as answer:
+    with urllib.request.urlopen(
+        urllib.request.Request(stack.base_url + path, headers=headers), timeout=10
+    ) as answer:
         return answer.status
 
 
@@ -88,10 +90,12 @@ async def test_no_process_holds_more_than_one_connection_however_much_it_serves(
 def drop_server_connections(database_url: str) -> int:
     """What a database restart or a failover does to every process: its connections are gone."""
     with psycopg.connect(pg.SERVER_URL, autocommit=True) as admin:
-        return len(admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (urlparse(database_url).path.lstrip("/"),),
-        ).fetchall())
+        return len(
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (urlparse(database_url).path.lstrip("/"),),
+            ).fetchall()
+        )
 
 
 @pytest.mark.integration
@@ -128,8 +132,11 @@ async def test_text_postgresql_cannot_store_gets_a_clear_answer_on_either_databa
         error = await recv_json(ws)
         assert (error["type"], error["code"]) == ("error", "invalid_message"), error
 
-    status, answer = report(stack, "node-nul", {"state": "ready", "software": [
-        {"name": "pkg\x00", "state": "done", "percent": 100}]})
+    status, answer = report(
+        stack,
+        "node-nul",
+        {"state": "ready", "software": [{"name": "pkg\x00", "state": "done", "percent": 100}]},
+    )
     assert (status, answer["error"]) == (400, "invalid_report"), answer
     assert "Traceback" not in stack.read_log("web") + stack.read_log("worker")
 
@@ -150,8 +157,10 @@ def test_an_older_report_applied_at_the_same_time_does_not_roll_a_machine_back(k
     from workers.models import Machine
 
     if connection.vendor == "sqlite":
-        pytest.skip("the django_db tests' SQLite is in memory with a shared cache, where a second writer fails "
-                    "at once instead of waiting; the processes' database file takes writers one at a time")
+        pytest.skip(
+            "the django_db tests' SQLite is in memory with a shared cache, where a second writer fails "
+            "at once instead of waiting; the processes' database file takes writers one at a time"
+        )
     if known:
         fleet.apply_entries([report_entry("1-0", "pending")], NOW)
     newer_applied, commit_newer = threading.Event(), threading.Event()

@@ -34,8 +34,11 @@ CAUGHT_UP_WITHIN_S = 25
 def stack(tmp_path_factory, redis_url):
     # One user holds all 1,000 sockets here; the per-user fair shares are not what is tested.
     yield from make_stack(
-        tmp_path_factory, redis_url, CHAT_RATE_LIMIT_COUNT="10000",
-        SOCKETS_PER_USER_MAX="5000", JOINS_PER_USER_PER_S="100000",
+        tmp_path_factory,
+        redis_url,
+        CHAT_RATE_LIMIT_COUNT="10000",
+        SOCKETS_PER_USER_MAX="5000",
+        JOINS_PER_USER_PER_S="100000",
     )
 
 
@@ -51,7 +54,9 @@ async def test_sigterm_to_web_with_1000_sockets(stack: Stack):
         deadline = time.monotonic() + 30
         while not all(client.joined for client in clients):
             joined = sum(client.joined for client in clients)
-            assert time.monotonic() < deadline, f"{joined} of {SOCKETS} joined; web log:\n{stack.read_log('web')[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"{joined} of {SOCKETS} joined; web log:\n{stack.read_log('web')[-3000:]}"
+            )
             await asyncio.sleep(0.1)
 
         sigterm_at = time.monotonic()
@@ -66,7 +71,8 @@ async def test_sigterm_to_web_with_1000_sockets(stack: Stack):
             await speaker.say("after the deploy")
         async with asyncio.timeout(CAUGHT_UP_WITHIN_S + 10):
             while not all(
-                any(m["message"] == "after the deploy" for m in client.by_offset.values()) for client in clients
+                any(m["message"] == "after the deploy" for m in client.by_offset.values())
+                for client in clients
             ):
                 await asyncio.sleep(0.1)
         caught_up_s = time.monotonic() - sigterm_at
@@ -76,8 +82,12 @@ async def test_sigterm_to_web_with_1000_sockets(stack: Stack):
         await asyncio.gather(*tasks, return_exceptions=True)
 
     told = [client.closes[0] if client.closes else None for client in clients]
-    log.info("web exited %.2f s after SIGTERM; every client caught up %.2f s after it; closes: %s",
-             exited_s, caught_up_s, {code: told.count(code) for code in set(told)})
+    log.info(
+        "web exited %.2f s after SIGTERM; every client caught up %.2f s after it; closes: %s",
+        exited_s,
+        caught_up_s,
+        {code: told.count(code) for code in set(told)},
+    )
     assert returncode == 0
     assert exited_s <= EXIT_WITHIN_S, exited_s
     assert set(told) <= {1012, 1001}, sorted(set(told), key=str)

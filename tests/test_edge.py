@@ -56,7 +56,9 @@ def stack(nginx, tmp_path_factory, redis_url) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def front(stack: Stack, tmp_path_factory) -> Iterator[Front]:
-    front = Front(tmp_path_factory.mktemp("front"), f"127.0.0.1:{stack.port}", conn_per_address=CONN_PER_ADDRESS)
+    front = Front(
+        tmp_path_factory.mktemp("front"), f"127.0.0.1:{stack.port}", conn_per_address=CONN_PER_ADDRESS
+    )
     front.start()
     yield front
     front.stop()
@@ -86,7 +88,9 @@ class Seen:
     closed_after_s: float | None  # when the server closed the connection; None if it never did
 
 
-async def probe(port: int, request: bytes = b"", wait_s: float = CLOSED_WITHIN_S + 1, trickle: bool = False) -> Seen:
+async def probe(
+    port: int, request: bytes = b"", wait_s: float = CLOSED_WITHIN_S + 1, trickle: bool = False
+) -> Seen:
     """Send ``request`` and watch the connection for ``wait_s``. ``trickle`` adds a header byte
     every second, as a slow client keeps a half-sent request alive."""
     loop = asyncio.get_running_loop()
@@ -117,8 +121,13 @@ def status_of(answer: bytes) -> int | None:
 
 def handshake(path: str, *headers: str) -> bytes:
     lines = [
-        f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket", "Connection: Upgrade",
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13", *headers,
+        f"GET {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        *headers,
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
@@ -128,8 +137,10 @@ HALF_SENT = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
 
 async def test_idle_and_half_sent_connections_are_closed_by_the_front_not_by_uvicorn(stack, front):
     idle, half_sent, idle_at_web, half_sent_at_web = await asyncio.gather(
-        probe(front.port), probe(front.port, HALF_SENT, trickle=True),
-        probe(stack.port), probe(stack.port, HALF_SENT, trickle=True),
+        probe(front.port),
+        probe(front.port, HALF_SENT, trickle=True),
+        probe(stack.port),
+        probe(stack.port, HALF_SENT, trickle=True),
     )
     assert idle.closed_after_s is not None and idle.closed_after_s < CLOSED_WITHIN_S
     assert half_sent.closed_after_s is not None and half_sent.closed_after_s < CLOSED_WITHIN_S
@@ -152,11 +163,14 @@ async def test_a_handshake_with_a_9_kb_cookie_is_answered_400_and_closed(stack, 
 async def test_130_headers_on_a_handshake_reach_uvicorn_as_a_handful(stack, front, session):
     request = handshake(
         # The Origin of a page at the Host this handshake names (127.0.0.1, port 80): the port counts.
-        "/ws/status/", "Origin: http://127.0.0.1", f"Cookie: sessionid={session}",
+        "/ws/status/",
+        "Origin: http://127.0.0.1",
+        f"Cookie: sessionid={session}",
         *(f"X-Filler-{n}: {n}" for n in range(130)),
     )
     at_front, at_web = await asyncio.gather(
-        probe(front.port, request, wait_s=UNANSWERED_FOR_S), probe(stack.port, request, wait_s=UNANSWERED_FOR_S)
+        probe(front.port, request, wait_s=UNANSWERED_FOR_S),
+        probe(stack.port, request, wait_s=UNANSWERED_FOR_S),
     )
     # The front forwards a handshake's own headers only, under websockets' limit of 128.
     assert at_front.status == 101
@@ -224,7 +238,10 @@ async def test_readiness_and_a_report_through_the_front_then_the_status_socket_s
 def test_a_batch_of_reports_passes_the_front_up_to_the_apis_own_bound(via_front, session):
     """1.5 MiB is far past the 72 KiB every other path may send, and within the batch API's 2 MiB."""
     software = [{"name": f"pkg-{n:03d}-" + "x" * 80, "state": "queued", "percent": 0} for n in range(100)]
-    items = [{"name": f"edge-batch-{n:03d}", "report": {"state": "pending", "software": software}} for n in range(150)]
+    items = [
+        {"name": f"edge-batch-{n:03d}", "report": {"state": "pending", "software": software}}
+        for n in range(150)
+    ]
     body = json.dumps(items).encode()
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     assert 1024 * 1024 < len(body) < 2 * 1024 * 1024

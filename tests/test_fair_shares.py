@@ -36,7 +36,10 @@ FLOODED_P99_MAX_S = 1.0
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url):
     yield from make_stack(
-        tmp_path_factory, redis_url, SOCKETS_PER_USER_MAX=str(SOCKETS_MAX), JOINS_PER_USER_PER_S=str(JOINS_PER_S),
+        tmp_path_factory,
+        redis_url,
+        SOCKETS_PER_USER_MAX=str(SOCKETS_MAX),
+        JOINS_PER_USER_PER_S=str(JOINS_PER_S),
         CHAT_RATE_LIMIT_COUNT="1000",  # the talkers below stay within the edge's 5 messages a second
     )
 
@@ -113,7 +116,8 @@ async def test_one_users_flood_does_not_slow_another_rooms_messages(stack, sessi
     closes sockets as fast as she can; alice and bob talk in another room meanwhile."""
     flooded = room()
     stack.manage(
-        "shell", "-c",
+        "shell",
+        "-c",
         "from workers.chat import next_offset; from workers.models import Message; "
         "from django.db import transaction\n"
         f"with transaction.atomic():\n"
@@ -140,7 +144,9 @@ async def test_one_users_flood_does_not_slow_another_rooms_messages(stack, sessi
             async with stack.connect(f"/ws/chat/{room()}/", sessions["mallory"]) as ws:
                 refusals["closed"] += await closed_with(ws) is not None
 
-    sockets = [await stack.connect(f"/ws/chat/{flooded}/", sessions["mallory"]) for _ in range(SOCKETS_MAX - 1)]
+    sockets = [
+        await stack.connect(f"/ws/chat/{flooded}/", sessions["mallory"]) for _ in range(SOCKETS_MAX - 1)
+    ]
     for ws in sockets:
         await recv_until(ws, protocol.CHAT_HISTORY)
     attack = [asyncio.create_task(job(ws)) for ws in sockets for job in (flood_history, count_refusals)]
@@ -149,8 +155,10 @@ async def test_one_users_flood_does_not_slow_another_rooms_messages(stack, sessi
     latencies = []
     talk = room()
     try:
-        async with stack.connect(f"/ws/chat/{talk}/", sessions["alice"]) as alice, \
-                stack.connect(f"/ws/chat/{talk}/", sessions["dave"]) as dave:
+        async with (
+            stack.connect(f"/ws/chat/{talk}/", sessions["alice"]) as alice,
+            stack.connect(f"/ws/chat/{talk}/", sessions["dave"]) as dave,
+        ):
             await recv_until(alice, protocol.CHAT_HISTORY), await recv_until(dave, protocol.CHAT_HISTORY)
             await asyncio.sleep(1)  # the flood is under way
             for n in range(40):
@@ -168,8 +176,13 @@ async def test_one_users_flood_does_not_slow_another_rooms_messages(stack, sessi
             await ws.close()
 
     p99 = statistics.quantiles(latencies, n=100)[98]
-    log.info("another room's message latency under the flood: p50 %.1f ms, p99 %.1f ms, max %.1f ms; refused: %s",
-             statistics.median(latencies) * 1000, p99 * 1000, max(latencies) * 1000, json.dumps(refusals))
+    log.info(
+        "another room's message latency under the flood: p50 %.1f ms, p99 %.1f ms, max %.1f ms; refused: %s",
+        statistics.median(latencies) * 1000,
+        p99 * 1000,
+        max(latencies) * 1000,
+        json.dumps(refusals),
+    )
     assert refusals["rate_limited"] > 0 and refusals["closed"] > 0, "the flood was never refused"
     assert p99 <= FLOODED_P99_MAX_S, latencies
 
@@ -194,9 +207,16 @@ class TestManySocketsCloseAtOnce:
         stack.create_users("wave")
         session = stack.login("wave")
         client = redis_sync.Redis.from_url(stack.env["REDIS_URL"])
-        places = keys.USER_SOCKETS + "user:" + stack.manage(
-            "shell", "--no-imports", "-c", "from django.contrib.auth.models import User; print(User.objects.get(username='wave').pk)"
-        ).strip()
+        places = (
+            keys.USER_SOCKETS
+            + "user:"
+            + stack.manage(
+                "shell",
+                "--no-imports",
+                "-c",
+                "from django.contrib.auth.models import User; print(User.objects.get(username='wave').pk)",
+            ).strip()
+        )
         try:
             sockets = []
             for start in range(0, self.SOCKETS, 50):

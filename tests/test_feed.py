@@ -12,7 +12,6 @@ from .conftest import TEST_LEASE_TOKEN, lead
 TOKEN = TEST_LEASE_TOKEN
 
 
-
 @pytest.fixture
 def client(leading_redis):
     return leading_redis

@@ -42,10 +42,14 @@ def stack(tmp_path_factory, redis_url):
 @pytest.fixture(scope="module")
 def users(stack: Stack) -> None:
     stack.create_users("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
-    stack.manage("shell", "-c", (
-        "from django.contrib.auth import get_user_model\n"
-        f"get_user_model().objects.create_superuser('root', password={PASSWORD!r})"
-    ))
+    stack.manage(
+        "shell",
+        "-c",
+        (
+            "from django.contrib.auth import get_user_model\n"
+            f"get_user_model().objects.create_superuser('root', password={PASSWORD!r})"
+        ),
+    )
 
 
 class Client:
@@ -58,12 +62,19 @@ class Client:
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
         self.opener.addheaders.append(("X-Forwarded-For", address))
 
-    def open(self, path: str, form: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-             body: bytes | None = None) -> tuple[int, str]:
+    def open(
+        self,
+        path: str,
+        form: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> tuple[int, str]:
         """``(status, text)`` after redirects."""
         data = urllib.parse.urlencode(form).encode() if form else body
         request = urllib.request.Request(
-            self.stack.base_url + path, data=data, headers={"Referer": self.stack.base_url + path, **(headers or {})}
+            self.stack.base_url + path,
+            data=data,
+            headers={"Referer": self.stack.base_url + path, **(headers or {})},
         )
         try:
             with self.opener.open(request, timeout=10) as response:
@@ -121,17 +132,22 @@ def test_a_user_guessed_at_from_many_addresses_is_locked_out_everywhere(stack, u
     assert grace_elsewhere.log_in("grace")[0] == 200 and grace_elsewhere.session is not None
 
 
-@pytest.mark.parametrize("command, address", [
-    ("axes_reset_ip", "203.0.113.10"),
-    ("axes_reset_username", "203.0.113.11"),
-    ("axes_reset", "203.0.113.12"),
-])
+@pytest.mark.parametrize(
+    "command, address",
+    [
+        ("axes_reset_ip", "203.0.113.10"),
+        ("axes_reset_username", "203.0.113.11"),
+        ("axes_reset", "203.0.113.12"),
+    ],
+)
 def test_an_operator_lifts_a_lockout_with_the_axes_commands(stack, users, command, address):
     client = Client(stack, address)
     client.fail("dave")
     assert client.log_in("dave")[0] == 429
 
-    stack.manage(command, *{"axes_reset_ip": [address], "axes_reset_username": ["dave"], "axes_reset": []}[command])
+    stack.manage(
+        command, *{"axes_reset_ip": [address], "axes_reset_username": ["dave"], "axes_reset": []}[command]
+    )
 
     assert client.log_in("dave")[0] == 200 and client.session is not None
 
@@ -141,11 +157,15 @@ def test_the_cool_off_runs_from_the_last_attempt(stack, users):
     client.fail("frank")
 
     def age_attempts(by_s: int) -> None:
-        stack.manage("shell", "-c", (
-            "from datetime import timedelta; from django.db.models import F; from axes.models import AccessAttempt\n"
-            f"AccessAttempt.objects.filter(ip_address={client.address!r})"
-            f".update(attempt_time=F('attempt_time') - timedelta(seconds={by_s}))"
-        ))
+        stack.manage(
+            "shell",
+            "-c",
+            (
+                "from datetime import timedelta; from django.db.models import F; from axes.models import AccessAttempt\n"
+                f"AccessAttempt.objects.filter(ip_address={client.address!r})"
+                f".update(attempt_time=F('attempt_time') - timedelta(seconds={by_s}))"
+            ),
+        )
 
     age_attempts(COOLOFF_S - 60)
     assert client.log_in("frank")[0] == 429  # not over yet, and this attempt starts it again
@@ -169,7 +189,9 @@ def test_the_admin_login_is_throttled_too(stack, users):
 
 def chat_socket(stack: Stack, room: str, session: str, address: str):
     return websockets.connect(
-        f"{stack.ws_url}/ws/chat/{room}/", origin=stack.base_url, open_timeout=10,
+        f"{stack.ws_url}/ws/chat/{room}/",
+        origin=stack.base_url,
+        open_timeout=10,
         additional_headers={"Cookie": f"sessionid={session}", "X-Forwarded-For": address},
     )
 
@@ -192,9 +214,13 @@ async def test_a_locked_out_address_keeps_its_sessions_sockets_and_the_report_ap
             assert (await recv_until(after, "chat.message"))["user"] == "erin"
 
     report = await asyncio.to_thread(
-        erin.open, "/api/machines/locked-01/report", headers={
-            "Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json",
-        }, body=json.dumps({"state": "pending"}).encode(),
+        erin.open,
+        "/api/machines/locked-01/report",
+        headers={
+            "Authorization": f"Bearer {TOKEN}",
+            "Content-Type": "application/json",
+        },
+        body=json.dumps({"state": "pending"}).encode(),
     )
     status = await asyncio.to_thread(erin.open, "/api/status")
     assert report[0] == 202
@@ -204,22 +230,32 @@ async def test_a_locked_out_address_keeps_its_sessions_sockets_and_the_report_ap
 
 def create_operator(stack: Stack, username: str, password: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "manage.py", "createoperator", username, "--noinput"], cwd=ROOT,
-        env={**stack.env, "OPERATOR_PASSWORD": password}, capture_output=True, text=True,
+        [sys.executable, "manage.py", "createoperator", username, "--noinput"],
+        cwd=ROOT,
+        env={**stack.env, "OPERATOR_PASSWORD": password},
+        capture_output=True,
+        text=True,
     )
 
 
 def test_make_user_creates_an_ordinary_user_who_cannot_use_the_admin(stack, users):
-    recipes = {target: subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True).stdout
-               for target in ("user", "admin")}
+    recipes = {
+        target: subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True).stdout
+        for target in ("user", "admin")
+    }
     assert "manage.py createoperator" in recipes["user"] and "createsuperuser" not in recipes["user"]
     assert "manage.py createsuperuser" in recipes["admin"]
 
     assert create_operator(stack, "opal", PASSWORD).returncode == 0
-    flags = stack.manage("shell", "--no-imports", "-c", (
-        "from django.contrib.auth import get_user_model\n"
-        "opal = get_user_model().objects.get(username='opal'); print(opal.is_active, opal.is_staff, opal.is_superuser)"
-    ))
+    flags = stack.manage(
+        "shell",
+        "--no-imports",
+        "-c",
+        (
+            "from django.contrib.auth import get_user_model\n"
+            "opal = get_user_model().objects.get(username='opal'); print(opal.is_active, opal.is_staff, opal.is_superuser)"
+        ),
+    )
     client = Client(stack, "203.0.113.40")
     client.log_in("opal")
     status, page = client.open("/admin/")
@@ -229,12 +265,17 @@ def test_make_user_creates_an_ordinary_user_who_cannot_use_the_admin(stack, user
     assert status == 200 and "not authorized to access this page" in page
 
 
-@pytest.mark.parametrize("username, password, error", [
-    ("alice", PASSWORD, "already exists"),
-    ("quinn", "12345678", "too common"),
-    ("bad name!", PASSWORD, "Enter a valid username"),
-])
-def test_createoperator_refuses_a_taken_name_a_weak_password_or_a_bad_name(stack, users, username, password, error):
+@pytest.mark.parametrize(
+    "username, password, error",
+    [
+        ("alice", PASSWORD, "already exists"),
+        ("quinn", "12345678", "too common"),
+        ("bad name!", PASSWORD, "Enter a valid username"),
+    ],
+)
+def test_createoperator_refuses_a_taken_name_a_weak_password_or_a_bad_name(
+    stack, users, username, password, error
+):
     result = create_operator(stack, username, password)
 
     assert result.returncode != 0 and error in result.stderr

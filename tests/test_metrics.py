@@ -109,7 +109,9 @@ def report(stack: Stack, name: str, body: bytes, token: str | None = FLEET_TOKEN
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(f"{stack.base_url}/api/machines/{name}/report", data=body, method="POST", headers=headers)
+    request = urllib.request.Request(
+        f"{stack.base_url}/api/machines/{name}/report", data=body, method="POST", headers=headers
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status
@@ -150,15 +152,24 @@ async def test_sockets_handshakes_and_frames_are_counted_over_both_web_processes
     with pytest.raises(InvalidStatus):
         await stack.connect(f"/ws/chat/{room}/", session, origin="http://elsewhere.example")
     await send_json(chat, {"type": "chat.message", "message": "counted", "client_id": "m1"})
-    received = {"chat": 1 + await frames_until(chat, lambda frame: frame.get("client_id") == "m1"), "status": 1}
+    received = {
+        "chat": 1 + await frames_until(chat, lambda frame: frame.get("client_id") == "m1"),
+        "status": 1,
+    }
 
     during = scrape(web)
     assert moved(before, during, "fleetchat_handshakes_total", kind="chat", outcome="accepted") == 1
     assert moved(before, during, "fleetchat_handshakes_total", kind="status", outcome="accepted") == 1
     assert moved(before, during, "fleetchat_handshakes_total", kind="chat", outcome="unauthenticated") == 1
     assert moved(before, during, "fleetchat_handshakes_total", kind="none", outcome="bad_origin") == 1
-    assert value(during, "fleetchat_sockets_open", kind="chat") == value(before, "fleetchat_sockets_open", kind="chat") + 1
-    assert value(during, "fleetchat_sockets_open", kind="status") == value(before, "fleetchat_sockets_open", kind="status") + 1
+    assert (
+        value(during, "fleetchat_sockets_open", kind="chat")
+        == value(before, "fleetchat_sockets_open", kind="chat") + 1
+    )
+    assert (
+        value(during, "fleetchat_sockets_open", kind="status")
+        == value(before, "fleetchat_sockets_open", kind="status") + 1
+    )
 
     # Every frame a client reads was counted once, by whichever process wrote it. Status updates
     # and chat positions keep coming, so compare at a quiet moment, a few times if need be.
@@ -167,23 +178,35 @@ async def test_sockets_handshakes_and_frames_are_counted_over_both_web_processes
         received["chat"] += await drain(chat)
         received["status"] += await drain(status)
         now = scrape(web)
-        return all(moved(before, now, "fleetchat_frames_delivered_total", kind=kind) == n for kind, n in received.items())
+        return all(
+            moved(before, now, "fleetchat_frames_delivered_total", kind=kind) == n
+            for kind, n in received.items()
+        )
 
     for _ in range(10):
         if await counted_as_received():
             break
     else:
         now = scrape(web)
-        pytest.fail(f"received {received}, counted chat "
-                    f"{moved(before, now, 'fleetchat_frames_delivered_total', kind='chat')}, status "
-                    f"{moved(before, now, 'fleetchat_frames_delivered_total', kind='status')}")
+        pytest.fail(
+            f"received {received}, counted chat "
+            f"{moved(before, now, 'fleetchat_frames_delivered_total', kind='chat')}, status "
+            f"{moved(before, now, 'fleetchat_frames_delivered_total', kind='status')}"
+        )
 
     await chat.close()
     await status.close()
-    after = scrape_until(web, lambda now: value(now, "fleetchat_sockets_open", kind="chat")
-                         == value(before, "fleetchat_sockets_open", kind="chat"))
+    after = scrape_until(
+        web,
+        lambda now: (
+            value(now, "fleetchat_sockets_open", kind="chat")
+            == value(before, "fleetchat_sockets_open", kind="chat")
+        ),
+    )
     assert after, "the chat socket is still counted open"
-    assert value(after, "fleetchat_sockets_open", kind="status") == value(before, "fleetchat_sockets_open", kind="status")
+    assert value(after, "fleetchat_sockets_open", kind="status") == value(
+        before, "fleetchat_sockets_open", kind="status"
+    )
 
 
 def test_reports_are_counted_by_status_code(stack):
@@ -193,8 +216,10 @@ def test_reports_are_counted_by_status_code(stack):
     assert report(stack, "node-m1", b'{"state": "exploded"}') == 400
     assert report(stack, "node-m1", b'{"state": "pending"}', token=None) == 401
     after = scrape(web)
-    counted = {code: moved(before, after, "fleetchat_api_reports_total", endpoint="machine_report", code=code)
-               for code in ("202", "400", "401")}
+    counted = {
+        code: moved(before, after, "fleetchat_api_reports_total", endpoint="machine_report", code=code)
+        for code in ("202", "400", "401")
+    }
     assert counted == {"202": 1, "400": 1, "401": 1}
 
 
@@ -212,7 +237,8 @@ async def test_a_killed_web_process_drops_out_of_the_open_sockets(stack, session
     # The uvicorn process that serves the first socket, and which of ours it serves.
     client_ports = {ws.local_address[1] for ws in sockets}
     served = {
-        child: {c.raddr.port for c in child.net_connections("tcp") if c.raddr and c.laddr.port == stack.port} & client_ports
+        child: {c.raddr.port for c in child.net_connections("tcp") if c.raddr and c.laddr.port == stack.port}
+        & client_ports
         for child in psutil.Process(stack.processes["web"].pid).children()
     }
     victim = next(child for child, ports in served.items() if sockets[0].local_address[1] in ports)
@@ -223,10 +249,16 @@ async def test_a_killed_web_process_drops_out_of_the_open_sockets(stack, session
             with pytest.raises(ConnectionClosed):
                 while True:
                     await asyncio.wait_for(ws.recv(), 5)
-    after = scrape_until(web, lambda now: value(now, "fleetchat_sockets_open", kind="status") == open_before + survivors)
-    assert after, f"{survivors} sockets left, counted {value(scrape(web), 'fleetchat_sockets_open', kind='status')}"
+    after = scrape_until(
+        web, lambda now: value(now, "fleetchat_sockets_open", kind="status") == open_before + survivors
+    )
+    assert after, (
+        f"{survivors} sockets left, counted {value(scrape(web), 'fleetchat_sockets_open', kind='status')}"
+    )
     for kind in ("chat", "status"):
-        assert value(after, "fleetchat_frames_delivered_total", kind=kind) >= value(before, "fleetchat_frames_delivered_total", kind=kind)
+        assert value(after, "fleetchat_frames_delivered_total", kind=kind) >= value(
+            before, "fleetchat_frames_delivered_total", kind=kind
+        )
     for ws in sockets:
         await ws.close()
 
@@ -249,8 +281,13 @@ async def test_worker_messages_and_their_latency_are_counted(stack, session):
     assert moved(before, after, "fleetchat_worker_handler_seconds_count", type="chat.message") == 3
     assert moved(before, after, "fleetchat_worker_handler_seconds_sum", type="chat.message") > 0
     # Ticks arrive every second: handled, each with a Redis round trip measured.
-    later = scrape_until(worker, lambda now: moved(after, now, "fleetchat_redis_rtt_seconds_count") >= 2
-                         and moved(after, now, "fleetchat_worker_messages_total", type="status.tick", outcome="ok") >= 2)
+    later = scrape_until(
+        worker,
+        lambda now: (
+            moved(after, now, "fleetchat_redis_rtt_seconds_count") >= 2
+            and moved(after, now, "fleetchat_worker_messages_total", type="status.tick", outcome="ok") >= 2
+        ),
+    )
     assert later, "ticks or their Redis round trips were not counted"
 
 
@@ -258,12 +295,16 @@ def test_the_scheduler_reports_its_lease_and_tick_lag(stack):
     scheduler = port_url(stack, "scheduler")
     before = scrape_until(scheduler, lambda now: value(now, "fleetchat_scheduler_leader") == 1)
     assert before, "the only scheduler never reported leading"
-    holder, token = redis.Redis.from_url(stack.env["REDIS_URL"]).get(keys.SCHEDULER_LEASE).decode().rsplit(" ", 1)
+    holder, token = (
+        redis.Redis.from_url(stack.env["REDIS_URL"]).get(keys.SCHEDULER_LEASE).decode().rsplit(" ", 1)
+    )
     assert holder.endswith(f":{stack.processes['scheduler'].pid}")
     assert value(before, "fleetchat_scheduler_fencing_token") == int(token)
     after = scrape_until(scheduler, lambda now: moved(before, now, "fleetchat_tick_lag_seconds_count") >= 2)
     assert after, "no ticks counted in 10 s"
-    lag_s = moved(before, after, "fleetchat_tick_lag_seconds_sum") / moved(before, after, "fleetchat_tick_lag_seconds_count")
+    lag_s = moved(before, after, "fleetchat_tick_lag_seconds_sum") / moved(
+        before, after, "fleetchat_tick_lag_seconds_count"
+    )
     assert 0 <= lag_s < 0.5
 
 
@@ -271,26 +312,42 @@ def test_queue_depths_show_what_waits_for_a_stopped_worker(stack):
     """web reads the worker channels' queues in Redis: while the worker is stopped, the
     scheduler's ticks and an agent's report pile up there, and drain once it is back."""
     web = f"{stack.base_url}/metrics"
-    assert wait_for(lambda: value(scrape(web), "fleetchat_reports_queue_messages") == 0), "earlier reports never applied"
+    assert wait_for(lambda: value(scrape(web), "fleetchat_reports_queue_messages") == 0), (
+        "earlier reports never applied"
+    )
     stack.stop("worker")
     try:
         assert report(stack, "node-m2", b'{"state": "pending"}') == 202
-        piled = scrape_until(web, lambda now: value(now, "fleetchat_channel_queue_messages", channel="status") >= 3)
+        piled = scrape_until(
+            web, lambda now: value(now, "fleetchat_channel_queue_messages", channel="status") >= 3
+        )
         assert piled, "ticks sent to a stopped worker did not show in the status channel's depth"
         assert value(piled, "fleetchat_reports_queue_messages") == 1
     finally:
         start_with_metrics_port(stack, "worker")
-    drained = scrape_until(web, lambda now: value(now, "fleetchat_channel_queue_messages", channel="status") == 0
-                           and value(now, "fleetchat_reports_queue_messages") == 0, timeout_s=20)
+    drained = scrape_until(
+        web,
+        lambda now: (
+            value(now, "fleetchat_channel_queue_messages", channel="status") == 0
+            and value(now, "fleetchat_reports_queue_messages") == 0
+        ),
+        timeout_s=20,
+    )
     assert drained, "the queues did not drain after the worker came back"
 
 
 def test_every_metric_the_docs_and_the_dashboard_name_is_served(stack):
-    served = {name for url in (f"{stack.base_url}/metrics", port_url(stack, "worker"), port_url(stack, "scheduler"))
-              for name, _ in scrape(url)}
+    served = {
+        name
+        for url in (f"{stack.base_url}/metrics", port_url(stack, "worker"), port_url(stack, "scheduler"))
+        for name, _ in scrape(url)
+    }
     histograms = {name.removesuffix("_count") for name in served if name.endswith("_count")}
     named = set()
     for doc in ("docs/operations.md", "docs/grafana-dashboard.json"):
-        named |= {re.sub(r"_(bucket|sum|count)$", "", name) for name in re.findall(r"fleetchat_[a-z_]+", (ROOT / doc).read_text())}
+        named |= {
+            re.sub(r"_(bucket|sum|count)$", "", name)
+            for name in re.findall(r"fleetchat_[a-z_]+", (ROOT / doc).read_text())
+        }
     assert len(named) >= 15
     assert named - served - histograms == set()

@@ -48,7 +48,12 @@ def test_the_default_serves_loopback_only(settings, private_redis, address, allo
 def test_a_token_is_compared_whole(settings, private_redis):
     settings.METRICS_TOKEN = "s3cret-token"
     request = RequestFactory().get
-    assert metrics_view(request("/metrics", REMOTE_ADDR="127.0.0.1", HTTP_AUTHORIZATION="Bearer s3cret-token")).status_code == 200
+    assert (
+        metrics_view(
+            request("/metrics", REMOTE_ADDR="127.0.0.1", HTTP_AUTHORIZATION="Bearer s3cret-token")
+        ).status_code
+        == 200
+    )
     for header in ("Bearer s3cret", "Bearer s3cret-token-and-more", "Basic s3cret-token", ""):
         response = metrics_view(request("/metrics", REMOTE_ADDR="127.0.0.1", HTTP_AUTHORIZATION=header))
         assert (response.status_code, response["WWW-Authenticate"]) == (401, 'Bearer realm="metrics"')
@@ -69,7 +74,10 @@ async def test_an_outbox_counts_what_it_writes_and_what_it_drops():
     async def write(text: str) -> None:
         written.append(text)
 
-    delivered, dropped = counted("fleetchat_frames_delivered_total", "unit"), counted("fleetchat_frames_dropped_total", "unit")
+    delivered, dropped = (
+        counted("fleetchat_frames_delivered_total", "unit"),
+        counted("fleetchat_frames_dropped_total", "unit"),
+    )
     outbox = Outbox(write, on_overflow=lambda _: None, max_frames=100, max_bytes=10**6, kind="unit")
     for text in ("a", "b", "c"):
         outbox.put(text)

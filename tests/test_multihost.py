@@ -166,11 +166,30 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         hosts = network.hosts
         redis_address = hosts["redis"].address
         web_addresses = [hosts["web1"].address, hosts["web2"].address]
-        configs = {name: host_env(workdir, hosts[name], redis_address, web_addresses) for name in HOSTS if name != "clients"}
+        configs = {
+            name: host_env(workdir, hosts[name], redis_address, web_addresses)
+            for name in HOSTS
+            if name != "clients"
+        }
         hosts["redis"].start(
-            [embedded_redis.redis_server_binary(), "--bind", redis_address, "--port", str(REDIS_PORT),
-             "--dir", str(workdir), "--save", "", "--appendonly", "no", "--protected-mode", "no"],
-            {"PATH": systemd_units.SYSTEMD_PATH}, workdir, workdir / "redis.log",
+            [
+                embedded_redis.redis_server_binary(),
+                "--bind",
+                redis_address,
+                "--port",
+                str(REDIS_PORT),
+                "--dir",
+                str(workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ],
+            {"PATH": systemd_units.SYSTEMD_PATH},
+            workdir,
+            workdir / "redis.log",
         )
         redis_url = f"redis://{redis_address}:{REDIS_PORT}/0"
         hosts["clients"].call(wait_for_redis, redis_url)
@@ -178,7 +197,12 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         web_env = systemd_units.service("web", configs["web1"]).env
         webs = {name: WebHost(workdir, hosts[name], web_env) for name in ("web1", "web2")}
         cluster = Cluster(network, workdir, webs)
-        for name, entry in (("worker", "worker"), ("scheduler", "scheduler"), ("web1", "web"), ("web2", "web")):
+        for name, entry in (
+            ("worker", "worker"),
+            ("scheduler", "scheduler"),
+            ("web1", "web"),
+            ("web2", "web"),
+        ):
             cluster.processes[name] = start_unit(workdir, hosts[name], entry, configs[name], name)
         webs["web1"].create_users("alice", "bob", "carol")  # while they start
         for web in webs.values():
@@ -241,25 +265,43 @@ async def partition(cluster: Cluster, sessions: dict[str, str]) -> dict:
     carol = ChatClient(web2, sessions["carol"], room, "carol")  # only reads: the healthy host's latency
     chatters = [alice, bob, carol]
     dash1, dash2 = Dashboard(web1, sessions["alice"]), Dashboard(web2, sessions["bob"])
-    jobs = [client.run for client in chatters] + [alice.resend_forever, bob.resend_forever, dash1.run, dash2.run]
+    jobs = [client.run for client in chatters] + [
+        alice.resend_forever,
+        bob.resend_forever,
+        dash1.run,
+        dash2.run,
+    ]
     tasks = [asyncio.create_task(job()) for job in jobs]
     sent_at: dict[str, float] = {}
     try:
-        await until(lambda: all(c.joined for c in chatters) and dash1.snapshots() and dash2.snapshots(), 20, "all connected")
+        await until(
+            lambda: all(c.joined for c in chatters) and dash1.snapshots() and dash2.snapshots(),
+            20,
+            "all connected",
+        )
 
         # Across hosts: alice on web1 and bob on web2 see each other's messages.
         for n in range(5):
             for client in (alice, bob):
                 await client.say(f"{client.name} warm-up {n}")
-        await until(lambda: all(len(c.by_offset) == 10 and not c.pending for c in chatters), 10, "chat across hosts")
-        await until(lambda: all(len(d.watch.updates()) >= 3 for d in (dash1, dash2)), 10, "status on both hosts")
+        await until(
+            lambda: all(len(c.by_offset) == 10 and not c.pending for c in chatters), 10, "chat across hosts"
+        )
+        await until(
+            lambda: all(len(d.watch.updates()) >= 3 for d in (dash1, dash2)), 10, "status on both hosts"
+        )
         across_hosts = {
-            "status_seq_on_both": sorted({f["seq"] for _, f in dash1.watch.updates()} & {f["seq"] for _, f in dash2.watch.updates()}),
+            "status_seq_on_both": sorted(
+                {f["seq"] for _, f in dash1.watch.updates()} & {f["seq"] for _, f in dash2.watch.updates()}
+            ),
         }
 
         # The cut: web1 hears nothing from Redis and Redis nothing from web1, for CUT_S.
         stop = asyncio.Event()
-        talkers = [asyncio.create_task(talk(bob, 0.2, stop, sent_at)), asyncio.create_task(talk(alice, 0.5, stop, sent_at))]
+        talkers = [
+            asyncio.create_task(talk(bob, 0.2, stop, sent_at)),
+            asyncio.create_task(talk(alice, 0.5, stop, sent_at)),
+        ]
         await asyncio.sleep(2)
         cut_at = time.monotonic()
         await asyncio.to_thread(cluster.host("web1").cut_off, cluster.host("redis").address)
@@ -270,7 +312,11 @@ async def partition(cluster: Cluster, sessions: dict[str, str]) -> dict:
         stop.set()
         await asyncio.gather(*talkers)
         sent = len(alice.sent) + len(bob.sent)
-        await until(lambda: all(len(c.by_offset) >= sent and not c.pending for c in chatters), 30, "every message everywhere")
+        await until(
+            lambda: all(len(c.by_offset) >= sent and not c.pending for c in chatters),
+            30,
+            "every message everywhere",
+        )
         await asyncio.sleep(1.5)  # another status update or two on both hosts
         ended = time.monotonic()
     finally:
@@ -278,8 +324,17 @@ async def partition(cluster: Cluster, sessions: dict[str, str]) -> dict:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return {
-        "room": room, "alice": alice, "bob": bob, "carol": carol, "dash1": dash1, "dash2": dash2,
-        "sent_at": sent_at, "cut_at": cut_at, "heal_at": heal_at, "ended": ended, **across_hosts,
+        "room": room,
+        "alice": alice,
+        "bob": bob,
+        "carol": carol,
+        "dash1": dash1,
+        "dash2": dash2,
+        "sent_at": sent_at,
+        "cut_at": cut_at,
+        "heal_at": heal_at,
+        "ended": ended,
+        **across_hosts,
     }
 
 
@@ -322,8 +377,10 @@ def healthy_latency_s(seen: dict, since: float, until: float) -> list[float]:
 
 
 def test_chat_and_status_across_hosts_and_a_web_host_cut_off_from_redis(cluster):
-    sessions = {name: cluster.host("clients").call(cluster.webs[web].login, name)
-                for name, web in (("alice", "web1"), ("bob", "web2"), ("carol", "web2"))}
+    sessions = {
+        name: cluster.host("clients").call(cluster.webs[web].login, name)
+        for name, web in (("alice", "web1"), ("bob", "web2"), ("carol", "web2"))
+    }
     seen = cluster.host("clients").call(asyncio.run, partition(cluster, sessions))
     alice, bob, carol, dash1, dash2 = (seen[name] for name in ("alice", "bob", "carol", "dash1", "dash2"))
     told, whole = told_after(seen), whole_after(seen)
@@ -331,10 +388,12 @@ def test_chat_and_status_across_hosts_and_a_web_host_cut_off_from_redis(cluster)
     during = healthy_latency_s(seen, seen["cut_at"], seen["heal_at"])
     healthy_status = dash2.watch.books(since=dash2.snapshots()[0], until=seen["ended"])
     figures = {
-        "told_s": told, "whole_after_heal_s": whole,
+        "told_s": told,
+        "whole_after_heal_s": whole,
         "web1_closes": {"chat": alice.closes, "status": [code for _, code in dash1.closes]},
         "web2_latency_ms": {
-            "before_median": round(1000 * statistics.median(before)), "during_median": round(1000 * statistics.median(during)),
+            "before_median": round(1000 * statistics.median(before)),
+            "during_median": round(1000 * statistics.median(during)),
             "during_max": round(1000 * max(during)),
         },
         "web2_status": healthy_status,
@@ -347,9 +406,15 @@ def test_chat_and_status_across_hosts_and_a_web_host_cut_off_from_redis(cluster)
 
     # Every message stored once, and every chat client shows all of them once, in one order.
     sent = alice.sent + bob.sent
-    stored = int(cluster.webs["web1"].manage(
-        "shell", "-c", f"from workers.models import Message; print(Message.objects.filter(room={seen['room']!r}).count())",
-    ).split()[-1])
+    stored = int(
+        cluster.webs["web1"]
+        .manage(
+            "shell",
+            "-c",
+            f"from workers.models import Message; print(Message.objects.filter(room={seen['room']!r}).count())",
+        )
+        .split()[-1]
+    )
     assert stored == len(sent), f"{stored} stored for {len(sent)} sent"
     views = []
     for client in (alice, bob, carol):

@@ -24,8 +24,10 @@ PROXIED_HOST = "chat.example.org"  # reached through a front proxy that says X-F
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url):
     yield from make_stack(
-        tmp_path_factory, redis_url,
-        ALLOWED_HOSTS=f"127.0.0.1,localhost,{PROXIED_HOST}", ALLOWED_ORIGINS=PUBLIC_ORIGIN,
+        tmp_path_factory,
+        redis_url,
+        ALLOWED_HOSTS=f"127.0.0.1,localhost,{PROXIED_HOST}",
+        ALLOWED_ORIGINS=PUBLIC_ORIGIN,
     )
 
 
@@ -36,8 +38,12 @@ def session(stack: Stack) -> str:
 
 
 async def handshake(
-    stack: Stack, session: str, origin: str | None, host: str | None = None,
-    headers: dict[str, str] | None = None, source_address: str = "127.0.0.1",
+    stack: Stack,
+    session: str,
+    origin: str | None,
+    host: str | None = None,
+    headers: dict[str, str] | None = None,
+    source_address: str = "127.0.0.1",
 ) -> int | str:
     """Open a chat socket to the web process with this Host and Origin (none when ``None``):
     the first frame's type when accepted, else the handshake's HTTP status."""
@@ -45,7 +51,10 @@ async def handshake(
     connection = socket.create_connection(("127.0.0.1", stack.port), source_address=(source_address, 0))
     try:
         async with connect(
-            f"ws://{host}/ws/chat/origins/", sock=connection, origin=origin, open_timeout=10,
+            f"ws://{host}/ws/chat/origins/",
+            sock=connection,
+            origin=origin,
+            open_timeout=10,
             additional_headers={"Cookie": f"sessionid={session}", **(headers or {})},
         ) as ws:
             return (await recv_json(ws))["type"]
@@ -55,24 +64,29 @@ async def handshake(
         connection.close()
 
 
-
 @pytest.mark.integration
 async def test_the_sites_own_origin_opens_a_socket(stack, session):
     assert await handshake(stack, session, stack.base_url) == "chat.history"
-    assert await handshake(stack, session, f"http://localhost:{stack.port}", host=f"localhost:{stack.port}") == "chat.history"
+    assert (
+        await handshake(stack, session, f"http://localhost:{stack.port}", host=f"localhost:{stack.port}")
+        == "chat.history"
+    )
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("origin", [
-    "https://127.0.0.1:{port}",  # wrong scheme
-    "https://127.0.0.1",
-    "http://127.0.0.1:1",  # wrong port
-    "http://127.0.0.1",
-    "http://evil.example",  # foreign host
-    "http://evil.example:{port}",
-    "http://localhost:{port}",  # an allowed host, but not the one this socket was opened at
-    "null",
-])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://127.0.0.1:{port}",  # wrong scheme
+        "https://127.0.0.1",
+        "http://127.0.0.1:1",  # wrong port
+        "http://127.0.0.1",
+        "http://evil.example",  # foreign host
+        "http://evil.example:{port}",
+        "http://localhost:{port}",  # an allowed host, but not the one this socket was opened at
+        "null",
+    ],
+)
 async def test_any_other_origin_is_refused(stack, session, origin):
     assert await handshake(stack, session, origin.format(port=stack.port)) == 403
 
@@ -92,7 +106,10 @@ async def test_a_foreign_host_is_refused_as_django_refuses_it_over_http(stack, s
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=5)
     assert refused.value.code == 400
-    assert f"refusing a socket to /ws/chat/origins/: Host '{host}' is not one of ALLOWED_HOSTS" in stack.read_log("web")
+    assert (
+        f"refusing a socket to /ws/chat/origins/: Host '{host}' is not one of ALLOWED_HOSTS"
+        in stack.read_log("web")
+    )
 
 
 @pytest.mark.integration
@@ -108,12 +125,20 @@ async def test_allowed_origins_admits_the_public_origin_of_a_proxy_deployment(st
 async def test_behind_a_trusted_proxy_the_forwarded_scheme_is_the_sites(stack, session):
     """uvicorn believes X-Forwarded-Proto from FORWARDED_ALLOW_IPS (127.0.0.1) only."""
     https = {"X-Forwarded-Proto": "https"}
-    assert await handshake(stack, session, f"https://{PROXIED_HOST}", host=PROXIED_HOST, headers=https) == "chat.history"
+    assert (
+        await handshake(stack, session, f"https://{PROXIED_HOST}", host=PROXIED_HOST, headers=https)
+        == "chat.history"
+    )
     assert await handshake(stack, session, f"http://{PROXIED_HOST}", host=PROXIED_HOST, headers=https) == 403
     assert await handshake(stack, session, f"https://{PROXIED_HOST}", host=PROXIED_HOST) == 403
     # Another local address is not the proxy: its claim to https is not believed.
     claimed = await handshake(
-        stack, session, f"https://{PROXIED_HOST}", host=PROXIED_HOST, headers=https, source_address="127.0.0.2"
+        stack,
+        session,
+        f"https://{PROXIED_HOST}",
+        host=PROXIED_HOST,
+        headers=https,
+        source_address="127.0.0.2",
     )
     assert claimed == 403
 
@@ -131,26 +156,38 @@ def scope(host: str | None, *origins: str, scheme: str = "ws", **headers: str) -
 NONE_ALLOWED = frozenset()
 
 
-@pytest.mark.parametrize("host, origin", [
-    ("localhost", "http://localhost"),
-    ("localhost:80", "http://LOCALHOST"),  # default port either way; host names compare without case
-    ("[::1]:8000", "http://[::1]:8000"),
-    ("127.0.0.1:8000", "http://127.0.0.1:8000"),
-])
+@pytest.mark.parametrize(
+    "host, origin",
+    [
+        ("localhost", "http://localhost"),
+        ("localhost:80", "http://LOCALHOST"),  # default port either way; host names compare without case
+        ("[::1]:8000", "http://[::1]:8000"),
+        ("127.0.0.1:8000", "http://127.0.0.1:8000"),
+    ],
+)
 def test_the_same_origin_passes(settings, host, origin):
     settings.ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
     assert refusal(scope(host, origin), NONE_ALLOWED) is None
 
 
-@pytest.mark.parametrize("handshake, reason", [
-    (scope("localhost:8000", "http://localhost:8000/"), "Origin 'http://localhost:8000/' is neither"),
-    (scope("localhost:8000", "http://user@localhost:8000"), "is neither"),
-    (scope("localhost:8000", "ws://localhost:8000"), "is neither"),
-    (scope("localhost:8000", "http://localhost:8000", "http://localhost:8000"), "2 Origin headers"),
-    (scope(None, "http://localhost:8000"), "0 Host headers"),
-    (scope("localhost:8000", "http://localhost:8000", scheme="wss"), "neither this site's (https://localhost:8000)"),
-    (scope("localhost:8000:1", "http://localhost:8000"), "Host 'localhost:8000:1' is not one of ALLOWED_HOSTS"),
-])
+@pytest.mark.parametrize(
+    "handshake, reason",
+    [
+        (scope("localhost:8000", "http://localhost:8000/"), "Origin 'http://localhost:8000/' is neither"),
+        (scope("localhost:8000", "http://user@localhost:8000"), "is neither"),
+        (scope("localhost:8000", "ws://localhost:8000"), "is neither"),
+        (scope("localhost:8000", "http://localhost:8000", "http://localhost:8000"), "2 Origin headers"),
+        (scope(None, "http://localhost:8000"), "0 Host headers"),
+        (
+            scope("localhost:8000", "http://localhost:8000", scheme="wss"),
+            "neither this site's (https://localhost:8000)",
+        ),
+        (
+            scope("localhost:8000:1", "http://localhost:8000"),
+            "Host 'localhost:8000:1' is not one of ALLOWED_HOSTS",
+        ),
+    ],
+)
 def test_anything_else_is_refused_with_a_reason(settings, handshake, reason):
     settings.ALLOWED_HOSTS = ["localhost"]
     assert reason in refusal(handshake, NONE_ALLOWED)
@@ -159,15 +196,26 @@ def test_anything_else_is_refused_with_a_reason(settings, handshake, reason):
 def test_a_configured_proxy_ssl_header_decides_the_scheme_as_for_http(settings):
     settings.ALLOWED_HOSTS = ["fleet.example.com"]
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_SSL", "on")
-    assert refusal(scope("fleet.example.com", "https://fleet.example.com", x_forwarded_ssl="on"), NONE_ALLOWED) is None
-    assert refusal(scope("fleet.example.com", "https://fleet.example.com", x_forwarded_ssl="off"), NONE_ALLOWED)
+    assert (
+        refusal(scope("fleet.example.com", "https://fleet.example.com", x_forwarded_ssl="on"), NONE_ALLOWED)
+        is None
+    )
+    assert refusal(
+        scope("fleet.example.com", "https://fleet.example.com", x_forwarded_ssl="off"), NONE_ALLOWED
+    )
     assert refusal(scope("fleet.example.com", "http://fleet.example.com"), NONE_ALLOWED) is None
 
 
 def test_allowed_origins_must_be_origins():
     assert parse_allowed_origins(["https://Fleet.example.com", "http://10.0.0.5:8080"]) == {
-        ("https", "fleet.example.com", 443), ("http", "10.0.0.5", 8080),
+        ("https", "fleet.example.com", 443),
+        ("http", "10.0.0.5", 8080),
     }
-    for bad in ("fleet.example.com", "https://fleet.example.com/", "https://*.example.com", "https://a:99999"):
+    for bad in (
+        "fleet.example.com",
+        "https://fleet.example.com/",
+        "https://*.example.com",
+        "https://a:99999",
+    ):
         with pytest.raises(ImproperlyConfigured, match="is not an origin"):
             parse_allowed_origins([bad])

@@ -71,13 +71,17 @@ def session(stack: Stack) -> str:
 def seed_history(stack: Stack) -> None:
     """A full join page of long messages, stored as the worker stores them."""
     count = protocol.HISTORY_ON_JOIN
-    stack.manage("shell", "-c", (
-        "from django.utils import timezone\n"
-        "from workers.models import Message, Room\n"
-        f"Room.objects.create(name={ROOM!r}, last_offset={count}, last_message_at=timezone.now())\n"
-        f"Message.objects.bulk_create(Message(room={ROOM!r}, offset=n, author='seed', body=f'{{n}} ' + 'x' * {MESSAGE_CHARS})"
-        f" for n in range(1, {count + 1}))\n"
-    ))
+    stack.manage(
+        "shell",
+        "-c",
+        (
+            "from django.utils import timezone\n"
+            "from workers.models import Message, Room\n"
+            f"Room.objects.create(name={ROOM!r}, last_offset={count}, last_message_at=timezone.now())\n"
+            f"Message.objects.bulk_create(Message(room={ROOM!r}, offset=n, author='seed', body=f'{{n}} ' + 'x' * {MESSAGE_CHARS})"
+            f" for n in range(1, {count + 1}))\n"
+        ),
+    )
 
 
 def web_rss_mib(stack: Stack) -> float:

@@ -39,7 +39,9 @@ async def test_frames_are_written_in_order_and_put_never_waits():
 async def test_a_stalled_socket_overflows_once_past_the_frame_bound():
     socket = Socket()
     overflows: list[int] = []
-    outbox = Outbox(socket.write, on_overflow=lambda box: overflows.append(box.clear()), max_frames=3, max_bytes=10**6)
+    outbox = Outbox(
+        socket.write, on_overflow=lambda box: overflows.append(box.clear()), max_frames=3, max_bytes=10**6
+    )
     outbox.start()
     socket.readable.clear()
     outbox.put("in flight")  # taken by the writer, which now waits
@@ -54,7 +56,12 @@ async def test_a_stalled_socket_overflows_once_past_the_frame_bound():
 
 async def test_the_byte_bound_counts_waiting_text():
     overflows: list[int] = []
-    outbox = Outbox(Socket().write, on_overflow=lambda box: overflows.append(box.waiting_bytes), max_frames=100, max_bytes=10)
+    outbox = Outbox(
+        Socket().write,
+        on_overflow=lambda box: overflows.append(box.waiting_bytes),
+        max_frames=100,
+        max_bytes=10,
+    )
     outbox.put("12345")
     outbox.put("67890")
     assert overflows == []
@@ -65,7 +72,9 @@ async def test_the_byte_bound_counts_waiting_text():
 async def test_one_frame_larger_than_the_byte_bound_alone_is_not_an_overflow():
     socket = Socket()
     overflows: list[int] = []
-    outbox = Outbox(socket.write, on_overflow=lambda box: overflows.append(box.clear()), max_frames=100, max_bytes=10)
+    outbox = Outbox(
+        socket.write, on_overflow=lambda box: overflows.append(box.clear()), max_frames=100, max_bytes=10
+    )
     outbox.put("a whole-fleet snapshot")
     assert overflows == []
     outbox.put("an update behind it")

@@ -45,7 +45,8 @@ def test_a_normal_start_logs_no_warning_and_no_traceback(anonymous_stack):
     time.sleep(2)  # a couple of ticks, heartbeats and lease renewals
     for name in ("web", "worker", "scheduler"):
         noisy = [
-            line for line in anonymous_stack.read_log(name).splitlines()
+            line
+            for line in anonymous_stack.read_log(name).splitlines()
             if "Warning" in line or " WARNING " in line or " ERROR " in line or "Traceback" in line
         ]
         assert not noisy, f"{name}:\n" + "\n".join(noisy)

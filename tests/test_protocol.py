@@ -66,7 +66,10 @@ def test_history_defaults_and_bounds():
 def test_resume_bounds():
     assert protocol.check_chat_resume({"after_id": 0}) == ("id", 0)
     assert protocol.resume_offset(b"after_offset=41") == 41
-    assert [protocol.resume_offset(q) for q in (b"", b"after_offset=-1", b"after_offset=x", b"after_offset=1&after_offset=2")] == [None] * 4
+    assert [
+        protocol.resume_offset(q)
+        for q in (b"", b"after_offset=-1", b"after_offset=x", b"after_offset=1&after_offset=2")
+    ] == [None] * 4
     assert protocol.check_chat_resume({"after_offset": 7}) == ("offset", 7)
     assert protocol.check_chat_resume({"after_offset": 7, "after_id": 3}) == ("offset", 7)
     assert code_of(protocol.check_chat_resume, {"after_id": 1.5}) == ErrorCode.INVALID_MESSAGE
@@ -81,4 +84,10 @@ def test_relay_carries_the_encoded_frame():
 
 def test_rate_limited_frame_has_retry_after():
     frame = ProtocolError(ErrorCode.RATE_LIMITED, "slow down", "c1", retry_after=1.5).frame()
-    assert frame == {"type": "error", "code": "rate_limited", "detail": "slow down", "client_id": "c1", "retry_after": 1.5}
+    assert frame == {
+        "type": "error",
+        "code": "rate_limited",
+        "detail": "slow down",
+        "client_id": "c1",
+        "retry_after": 1.5,
+    }

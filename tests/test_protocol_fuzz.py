@@ -22,7 +22,12 @@ from project.protocol import ProtocolError
 
 CLIENT_TYPES = (protocol.CHAT_CLIENT_TYPES, protocol.STATUS_CLIENT_TYPES)
 KNOWN_TYPES = sorted(protocol.CHAT_CLIENT_TYPES | protocol.STATUS_CLIENT_TYPES) + [
-    protocol.CHAT_JOIN, protocol.STATUS_JOIN, protocol.ERROR, "chat.Message", "chat.message\x00", "",
+    protocol.CHAT_JOIN,
+    protocol.STATUS_JOIN,
+    protocol.ERROR,
+    "chat.Message",
+    "chat.message\x00",
+    "",
 ]
 FIELDS = ("message", "client_id", "before_id", "limit", "after_offset", "after_id")
 
@@ -35,11 +40,19 @@ edge_ints = st.sampled_from(
 odd_text = st.sampled_from(["\x00", "\u202e", "\ufeff", "²", "١٢", "𝟙", "9" * 30])
 # What a JSON decoder can hand a checker: finite floats, no lone surrogates.
 decoded_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), edge_ints, st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from([1e308, -0.0, 5e-324, 1.0, 50.0]), st.text(), odd_text,
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    edge_ints,
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([1e308, -0.0, 5e-324, 1.0, 50.0]),
+    st.text(),
+    odd_text,
 )
 # What a client can write besides: NaN, Infinity, lone surrogates.
-wire_scalars = decoded_scalars | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(["\ud800", "\udfff"])
+wire_scalars = (
+    decoded_scalars | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(["\ud800", "\udfff"])
+)
 
 
 def json_values(scalars: st.SearchStrategy) -> st.SearchStrategy:
@@ -77,13 +90,19 @@ def with_duplicate_keys(pairs: list[tuple[str, Any]]) -> str:
 frame_texts = st.one_of(
     st.builds(encode_loosely, frame_dicts(wire_values), st.booleans()),
     st.builds(encode_loosely, wire_values, st.booleans()),
-    st.builds(with_duplicate_keys, st.lists(st.tuples(st.sampled_from(["type", *FIELDS]), wire_values), max_size=6)),
-    st.builds(lambda depth, bracket: bracket * depth, st.integers(1, 40_000), st.sampled_from(["[", '{"type":['])),
+    st.builds(
+        with_duplicate_keys, st.lists(st.tuples(st.sampled_from(["type", *FIELDS]), wire_values), max_size=6)
+    ),
+    st.builds(
+        lambda depth, bracket: bracket * depth, st.integers(1, 40_000), st.sampled_from(["[", '{"type":['])
+    ),
     st.builds(lambda depth: '{"a":' * depth + "1" + "}" * depth, st.integers(1, 2_000)),
     st.text(max_size=200),
     st.binary(max_size=200).map(lambda raw: raw.decode("utf-8", "surrogateescape")),
     # Just under and just over the size a consumer reads.
-    st.builds(lambda n: '{"message": "' + "x" * (protocol.MAX_FRAME_BYTES + n) + '"}', st.sampled_from([-16, 0])),
+    st.builds(
+        lambda n: '{"message": "' + "x" * (protocol.MAX_FRAME_BYTES + n) + '"}', st.sampled_from([-16, 0])
+    ),
 )
 
 # Frames that once crashed a handler (issue 13) or a query; every run tries them first.
@@ -99,6 +118,7 @@ CRASHERS = [
 
 # --- Properties ----------------------------------------------------------------------------------
 
+
 def answered_or_refused(text: str | None) -> None:
     """What a chat or status socket does with ``text``, then what a worker does with the frame."""
     for allowed in CLIENT_TYPES:
@@ -113,6 +133,7 @@ def answered_or_refused(text: str | None) -> None:
 
 def checked_or_refused(frame: dict[str, Any]) -> None:
     """Every worker-side checker on ``frame``: a result in range, or ``ProtocolError``."""
+
     def attempt(check, *args):
         try:
             return check(*args)
@@ -121,7 +142,9 @@ def checked_or_refused(frame: dict[str, Any]) -> None:
             return None
 
     client_id = attempt(protocol.check_client_id, frame)
-    assert client_id is None or (isinstance(client_id, str) and 0 < len(client_id) <= protocol.CLIENT_ID_MAX_CHARS)
+    assert client_id is None or (
+        isinstance(client_id, str) and 0 < len(client_id) <= protocol.CLIENT_ID_MAX_CHARS
+    )
     message = attempt(protocol.check_chat_message, frame, 2000)
     if message is not None:
         text, _ = message
@@ -143,7 +166,9 @@ def assert_a_view(view: protocol.StatusView) -> None:
     """A view whose group the channel layer takes (its names are bounded and spelt narrowly)."""
     assert 1 <= view.page <= protocol.STATUS_PAGE_MAX
     assert view.state is None or view.state in protocol.MACHINE_STATES
-    assert view.search is None or (protocol.STATUS_SEARCH_RE.fullmatch(view.search) and view.search == view.search.lower())
+    assert view.search is None or (
+        protocol.STATUS_SEARCH_RE.fullmatch(view.search) and view.search == view.search.lower()
+    )
     assert len(view.group) < 100 and re.fullmatch(r"[a-zA-Z\d\-_.]+", view.group)
 
 
@@ -171,7 +196,9 @@ def test_checkers_answer_any_values_or_refuse_them(frame):
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=80), st.builds(lambda v: f"after_offset={v}".encode(), st.text(max_size=24))))
+@given(
+    st.one_of(st.binary(max_size=80), st.builds(lambda v: f"after_offset={v}".encode(), st.text(max_size=24)))
+)
 @example(b"after_offset=%C2%B2")
 @example("after_offset=١٢".encode())
 @example(b"after_offset=9999999999999999999")
@@ -181,9 +208,16 @@ def test_resume_offset_is_a_bigint_or_none(query_string):
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=80), st.builds(
-    lambda name, value: f"{name}={value}".encode(), st.sampled_from(["page", "state", "search"]), st.text(max_size=50),
-)))
+@given(
+    st.one_of(
+        st.binary(max_size=80),
+        st.builds(
+            lambda name, value: f"{name}={value}".encode(),
+            st.sampled_from(["page", "state", "search"]),
+            st.text(max_size=50),
+        ),
+    )
+)
 @example(b"page=%C2%B2")
 @example(b"page=2&page=3")
 @example(b"search=" + b"x" * 41)

@@ -51,7 +51,11 @@ async def test_silent_redis_closes_sockets_with_1011_and_refuses_new_ones_until_
     try:
         closed = await comm.receive_output(timeout=LOST_AFTER_S + 5)
         told_after_s = time.monotonic() - silenced_at
-        assert closed == {"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN, "reason": protocol.SERVER_UNAVAILABLE}
+        assert closed == {
+            "type": "websocket.close",
+            "code": protocol.CLOSE_TRY_AGAIN,
+            "reason": protocol.SERVER_UNAVAILABLE,
+        }
         assert LOST_AFTER_S <= told_after_s <= LOST_AFTER_S + 3, told_after_s
         await comm.disconnect()
 

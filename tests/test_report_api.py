@@ -44,8 +44,13 @@ def report(stack: Stack, name: str, body: dict) -> int:
 
 
 def batch(stack: Stack, items, raw: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
-    return http(stack, "POST", "/api/reports", raw if raw is not None else json.dumps(items).encode(),
-                AUTH if headers is None else headers)
+    return http(
+        stack,
+        "POST",
+        "/api/reports",
+        raw if raw is not None else json.dumps(items).encode(),
+        AUTH if headers is None else headers,
+    )
 
 
 def fleet(stack: Stack, session: str) -> tuple[dict[str, dict], dict]:
@@ -148,11 +153,25 @@ def test_without_seq_or_sent_at_arrival_order_stands(stack, session):
     assert (machines["unordered-01"]["state"], machines["unordered-01"]["progress"]) == ("provisioning", 10)
 
 
-@pytest.mark.parametrize("order", [{"seq": -1}, {"seq": 1.5}, {"seq": "7"}, {"sent_at": "2026-11-28T12:00:00"},
-                                   {"sent_at": "yesterday"}, {"sent_at": 1764331200}])
+@pytest.mark.parametrize(
+    "order",
+    [
+        {"seq": -1},
+        {"seq": 1.5},
+        {"seq": "7"},
+        {"sent_at": "2026-11-28T12:00:00"},
+        {"sent_at": "yesterday"},
+        {"sent_at": 1764331200},
+    ],
+)
 def test_a_bad_seq_or_sent_at_is_400_naming_it(stack, order):
-    status, answer = http(stack, "POST", "/api/machines/badorder-01/report",
-                          json.dumps({"state": "ready", **order}).encode(), AUTH)
+    status, answer = http(
+        stack,
+        "POST",
+        "/api/machines/badorder-01/report",
+        json.dumps({"state": "ready", **order}).encode(),
+        AUTH,
+    )
 
     assert (status, answer["error"], list(answer["errors"])) == (400, "invalid_report", list(order))
 
@@ -163,8 +182,16 @@ def test_a_bad_seq_or_sent_at_is_400_naming_it(stack, order):
 def test_a_batch_queues_its_good_items_and_names_the_bad_ones(stack, session):
     items = [
         {"name": "batch-good-01", "report": {"state": "provisioning", "progress": 30}},
-        {"name": "batch-bad-01", "report": {"state": "ready", "software": [
-            {"name": "nginx", "state": "done", "percent": 100}, {"name": "redis", "state": "done", "percent": 101}]}},
+        {
+            "name": "batch-bad-01",
+            "report": {
+                "state": "ready",
+                "software": [
+                    {"name": "nginx", "state": "done", "percent": 100},
+                    {"name": "redis", "state": "done", "percent": 101},
+                ],
+            },
+        },
         {"name": "batch-good-02", "report": {"state": "ready", "seq": 9}},
         "not an object",
         {"name": "batch bad 02", "report": {"state": "ready"}},
@@ -180,7 +207,10 @@ def test_a_batch_queues_its_good_items_and_names_the_bad_ones(stack, session):
     errors = {error["index"]: error for error in answer["errors"]}
     assert list(errors) == [1, 3, 4, 5, 6]
     assert (errors[1]["name"], errors[1]["error"], list(errors[1]["errors"])) == (
-        "batch-bad-01", "invalid_report", ["software[1].percent"])
+        "batch-bad-01",
+        "invalid_report",
+        ["software[1].percent"],
+    )
     assert (errors[3]["name"], list(errors[3]["errors"])) == (None, ["item"])
     assert list(errors[4]["errors"]) == ["name"]
     assert list(errors[5]["errors"]) == ["item"]
@@ -193,8 +223,14 @@ def test_a_batch_queues_its_good_items_and_names_the_bad_ones(stack, session):
 def test_a_bad_item_leaves_its_machine_as_it_was(stack, session):
     before = {"state": "provisioning", "software": [{"name": "nginx", "state": "installing", "percent": 10}]}
     assert report(stack, "halfway-01", before) == 202
-    bad = {"state": "ready", "progress": 100, "software": [
-        {"name": "nginx", "state": "done", "percent": 100}, {"name": "redis", "state": "done", "percent": "all"}]}
+    bad = {
+        "state": "ready",
+        "progress": 100,
+        "software": [
+            {"name": "nginx", "state": "done", "percent": 100},
+            {"name": "redis", "state": "done", "percent": "all"},
+        ],
+    }
 
     status, answer = batch(stack, [{"name": "halfway-01", "report": bad}])
     machines, _ = settled(stack, session)
@@ -204,11 +240,14 @@ def test_a_bad_item_leaves_its_machine_as_it_was(stack, session):
     assert machines["halfway-01"]["software"] == [{"name": "nginx", "state": "installing", "percent": 10}]
 
 
-@pytest.mark.parametrize("raw, error", [
-    (b"{nope", "invalid_batch"),
-    (b'{"name": "a", "report": {"state": "ready"}}', "invalid_batch"),
-    (b"[]", "invalid_batch"),
-])
+@pytest.mark.parametrize(
+    "raw, error",
+    [
+        (b"{nope", "invalid_batch"),
+        (b'{"name": "a", "report": {"state": "ready"}}', "invalid_batch"),
+        (b"[]", "invalid_batch"),
+    ],
+)
 def test_a_batch_that_is_not_a_list_of_items_is_400(stack, raw, error):
     status, answer = batch(stack, None, raw=raw)
 
@@ -228,7 +267,9 @@ def test_a_batch_over_1000_items_is_413_and_queues_nothing(stack, session):
 
 def test_a_batch_over_2_mib_is_413(stack):
     packages = [{"name": f"p{n:03d}-" + "x" * 90, "state": "queued", "percent": 0} for n in range(200)]
-    items = [{"name": f"heavy-{n:03d}", "report": {"state": "pending", "software": packages}} for n in range(100)]
+    items = [
+        {"name": f"heavy-{n:03d}", "report": {"state": "pending", "software": packages}} for n in range(100)
+    ]
     raw = json.dumps(items).encode()
     assert len(raw) > 2 * 1024 * 1024
 
@@ -237,11 +278,14 @@ def test_a_batch_over_2_mib_is_413(stack):
     assert (status, answer["error"]) == (413, "too_large")
 
 
-@pytest.mark.parametrize("headers, method, code", [
-    ({"Content-Type": "application/json"}, "POST", 401),
-    ({**AUTH, "Authorization": "Bearer wrong-token"}, "POST", 401),
-    (AUTH, "GET", 405),
-])
+@pytest.mark.parametrize(
+    "headers, method, code",
+    [
+        ({"Content-Type": "application/json"}, "POST", 401),
+        ({**AUTH, "Authorization": "Bearer wrong-token"}, "POST", 401),
+        (AUTH, "GET", 405),
+    ],
+)
 def test_a_batch_needs_the_token_and_post(stack, headers, method, code):
     status, _ = http(stack, method, "/api/reports", b"[]" if method == "POST" else None, headers)
 
@@ -256,10 +300,18 @@ def test_reports_for_one_machine_in_one_tick_are_one_write_and_the_highest_seq_w
     late_before = late_reports(stack, session)
     seqs = list(range(1, 51))
     random.Random(11).shuffle(seqs)
-    items = [{"name": "coalesced-01", "report": {
-        "state": "ready" if seq == 50 else "provisioning", "progress": seq * 2,
-        "software": [{"name": f"pkg-{seq % 5}", "state": "installing", "percent": seq}], "seq": seq}}
-        for seq in seqs]
+    items = [
+        {
+            "name": "coalesced-01",
+            "report": {
+                "state": "ready" if seq == 50 else "provisioning",
+                "progress": seq * 2,
+                "software": [{"name": f"pkg-{seq % 5}", "state": "installing", "percent": seq}],
+                "seq": seq,
+            },
+        }
+        for seq in seqs
+    ]
     late = sum(seq < max(seqs[:index]) for index, seq in enumerate(seqs) if index)
 
     assert batch(stack, items)[0] == 202  # queued at once: one tick reads them all
@@ -268,7 +320,7 @@ def test_reports_for_one_machine_in_one_tick_are_one_write_and_the_highest_seq_w
     machine = machines["coalesced-01"]
     assert (machine["state"], machine["progress"]) == ("ready", 100)
     # Packages are upserted by name by every report applied, in order; late ones change nothing.
-    applied = [seq for index, seq in enumerate(seqs) if seq >= max(seqs[:index + 1])]
+    applied = [seq for index, seq in enumerate(seqs) if seq >= max(seqs[: index + 1])]
     expected = {f"pkg-{seq % 5}": seq for seq in applied}
     assert {p["name"]: p["percent"] for p in machine["software"]} == expected
     assert summary["late_reports"] == late_before + late

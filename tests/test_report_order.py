@@ -49,10 +49,23 @@ def machine(name: str) -> Machine:
 
 def fleet_state() -> tuple[list[tuple], list[tuple], list[tuple]]:
     """Every machine, package and tombstone, as comparable rows."""
-    machines = list(Machine.objects.order_by("name").values_list(
-        "name", "state", "progress", "last_report", "report_id", "agent_seq", "agent_sent_at", "late_reports"))
-    packages = list(Software.objects.order_by("machine__name", "name").values_list(
-        "machine__name", "name", "state", "percent"))
+    machines = list(
+        Machine.objects.order_by("name").values_list(
+            "name",
+            "state",
+            "progress",
+            "last_report",
+            "report_id",
+            "agent_seq",
+            "agent_sent_at",
+            "late_reports",
+        )
+    )
+    packages = list(
+        Software.objects.order_by("machine__name", "name").values_list(
+            "machine__name", "name", "state", "percent"
+        )
+    )
     tombstones = list(RemovedMachine.objects.order_by("name").values_list("name", "report_id"))
     return machines, packages, tombstones
 
@@ -71,15 +84,18 @@ def test_a_lower_seq_is_late_counted_and_not_applied(stream):
 def test_an_earlier_sent_at_is_late(stream):
     fleet.apply_entries([stream.report("m1", state="ready", sent_at="2026-11-28T12:00:00.002+00:00")], NOW)
 
-    applied = fleet.apply_entries([stream.report("m1", state="failed", sent_at="2026-11-28T12:00:00.001Z")], NOW)
+    applied = fleet.apply_entries(
+        [stream.report("m1", state="failed", sent_at="2026-11-28T12:00:00.001Z")], NOW
+    )
 
     assert applied.late == 1
     assert machine("m1").state == "ready"
 
 
 def test_an_equal_seq_is_applied_in_arrival_order(stream):
-    applied = fleet.apply_entries([stream.report("m1", state="provisioning", seq=4),
-                                   stream.report("m1", state="ready", seq=4)], NOW)
+    applied = fleet.apply_entries(
+        [stream.report("m1", state="provisioning", seq=4), stream.report("m1", state="ready", seq=4)], NOW
+    )
 
     assert (applied.late, machine("m1").state) == (0, "ready")
 
@@ -112,9 +128,14 @@ def test_a_late_report_delivered_again_is_counted_once(stream):
 
 
 def test_a_batch_writes_many_machines_and_their_packages_at_once(stream):
-    entries = [stream.report(f"m{n:04d}", state="provisioning",
-                             software=[{"name": f"p{k}", "state": "installing", "percent": n % 100} for k in range(5)])
-               for n in range(1200)]  # more than one statement's worth on SQLite
+    entries = [
+        stream.report(
+            f"m{n:04d}",
+            state="provisioning",
+            software=[{"name": f"p{k}", "state": "installing", "percent": n % 100} for k in range(5)],
+        )
+        for n in range(1200)
+    ]  # more than one statement's worth on SQLite
 
     applied = fleet.apply_entries(entries, NOW)
 
@@ -124,11 +145,34 @@ def test_a_batch_writes_many_machines_and_their_packages_at_once(stream):
 
 
 def test_progress_without_a_figure_is_the_mean_of_stored_and_reported_packages(stream):
-    fleet.apply_entries([stream.report("m1", state="provisioning", progress=50, software=[
-        {"name": "a", "state": "done", "percent": 100}, {"name": "b", "state": "installing", "percent": 20}])], NOW)
+    fleet.apply_entries(
+        [
+            stream.report(
+                "m1",
+                state="provisioning",
+                progress=50,
+                software=[
+                    {"name": "a", "state": "done", "percent": 100},
+                    {"name": "b", "state": "installing", "percent": 20},
+                ],
+            )
+        ],
+        NOW,
+    )
 
-    fleet.apply_entries([stream.report("m1", state="provisioning", software=[
-        {"name": "b", "state": "installing", "percent": 40}, {"name": "c", "state": "queued", "percent": 0}])], NOW)
+    fleet.apply_entries(
+        [
+            stream.report(
+                "m1",
+                state="provisioning",
+                software=[
+                    {"name": "b", "state": "installing", "percent": 40},
+                    {"name": "c", "state": "queued", "percent": 0},
+                ],
+            )
+        ],
+        NOW,
+    )
 
     assert machine("m1").progress == round((100 + 40 + 0) / 3, 2)
 
@@ -136,11 +180,13 @@ def test_progress_without_a_figure_is_the_mean_of_stored_and_reported_packages(s
 # --- coalescing is applying one at a time, faster ----------------------------------------------
 
 NAMES = ("m1", "m2", "m3")
-PACKAGE = st.fixed_dictionaries({
-    "name": st.sampled_from(("a", "b", "c")),
-    "state": st.sampled_from(("queued", "installing", "done", "failed")),
-    "percent": st.integers(0, 100),
-})
+PACKAGE = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(("a", "b", "c")),
+        "state": st.sampled_from(("queued", "installing", "done", "failed")),
+        "percent": st.integers(0, 100),
+    }
+)
 REPORT_BODY = st.fixed_dictionaries(
     {"state": st.sampled_from(("pending", "provisioning", "ready", "failed"))},
     optional={
@@ -156,8 +202,10 @@ BATCHES = st.lists(st.lists(ENTRY, min_size=1, max_size=12), min_size=1, max_siz
 
 def entries_of(batches: list[list[tuple]]) -> list[list[Entry]]:
     stream = Stream()
-    return [[stream.removal(name) if body is None else stream.report(name, **body) for name, body in batch]
-            for batch in batches]
+    return [
+        [stream.removal(name) if body is None else stream.report(name, **body) for name, body in batch]
+        for batch in batches
+    ]
 
 
 def reset_fleet() -> None:

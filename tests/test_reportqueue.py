@@ -65,7 +65,9 @@ async def test_done_removes_entries_from_the_stream(queue, client):
     assert client.xpending(keys.REPORTS_STREAM, keys.REPORTS_GROUP)["pending"] == 0
 
 
-async def test_entries_left_unfinished_are_claimed_by_another_consumer_only_after_claim_idle(queue, client, monkeypatch):
+async def test_entries_left_unfinished_are_claimed_by_another_consumer_only_after_claim_idle(
+    queue, client, monkeypatch
+):
     monkeypatch.setattr(reportqueue, "CLAIM_IDLE_MS", 200)
     await enqueue(queue, REPORT, "m1", READY, MAX_WAITING)
     left = ReportReader(client, "a").read()
@@ -99,18 +101,25 @@ async def test_enqueue_refuses_once_max_waiting_entries_wait(queue, client):
 
 
 async def test_a_batch_is_queued_in_its_order(queue, client):
-    ids = await enqueue_many(queue, [(REPORT, "m1", READY), (REPORT, "m2", PENDING), (REPORT, "m1", PENDING)], MAX_WAITING)
+    ids = await enqueue_many(
+        queue, [(REPORT, "m1", READY), (REPORT, "m2", PENDING), (REPORT, "m1", PENDING)], MAX_WAITING
+    )
 
     entries = ReportReader(client, "a").read()
 
-    assert entries == [Entry(ids[0], REPORT, "m1", READY), Entry(ids[1], REPORT, "m2", PENDING),
-                       Entry(ids[2], REPORT, "m1", PENDING)]
+    assert entries == [
+        Entry(ids[0], REPORT, "m1", READY),
+        Entry(ids[1], REPORT, "m2", PENDING),
+        Entry(ids[2], REPORT, "m1", PENDING),
+    ]
 
 
 async def test_a_batch_that_would_pass_max_waiting_is_refused_whole(queue, client):
     await enqueue(queue, REPORT, "m1", READY, 3)
 
-    refused = await enqueue_many(queue, [(REPORT, "m2", READY), (REPORT, "m3", READY), (REPORT, "m4", READY)], 3)
+    refused = await enqueue_many(
+        queue, [(REPORT, "m2", READY), (REPORT, "m3", READY), (REPORT, "m4", READY)], 3
+    )
     fits = await enqueue_many(queue, [(REPORT, "m2", READY), (REPORT, "m3", READY)], 3)
 
     assert refused is None

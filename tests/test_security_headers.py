@@ -24,8 +24,13 @@ PRODUCTION_ENV = {
     "ALLOWED_HOSTS": PUBLIC_HOST,
 }
 TLS_SETTINGS = (
-    "SECURE_COOKIES", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS",
-    "SECURE_HSTS_PRELOAD", "SECURE_PROXY_SSL_HEADER", "ALLOWED_ORIGINS",
+    "SECURE_COOKIES",
+    "SECURE_SSL_REDIRECT",
+    "SECURE_HSTS_SECONDS",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "SECURE_HSTS_PRELOAD",
+    "SECURE_PROXY_SSL_HEADER",
+    "ALLOWED_ORIGINS",
 )
 
 
@@ -33,7 +38,10 @@ def check_deploy(**env: str) -> subprocess.CompletedProcess:
     environment = {key: value for key, value in os.environ.items() if key not in TLS_SETTINGS}
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT, env={**environment, **PRODUCTION_ENV, **env}, capture_output=True, text=True,
+        cwd=ROOT,
+        env={**environment, **PRODUCTION_ENV, **env},
+        capture_output=True,
+        text=True,
     )
 
 
@@ -43,12 +51,15 @@ def test_check_deploy_finds_nothing_with_production_settings():
     assert "System check identified no issues" in result.stdout
 
 
-@pytest.mark.parametrize("setting, value, warning", [
-    ("SECURE_SSL_REDIRECT", "0", "security.W008"),
-    ("SECURE_HSTS_SECONDS", "0", "security.W004"),
-    ("SECURE_HSTS_INCLUDE_SUBDOMAINS", "0", "security.W005"),
-    ("SECURE_COOKIES", "0", "security.W012"),
-])
+@pytest.mark.parametrize(
+    "setting, value, warning",
+    [
+        ("SECURE_SSL_REDIRECT", "0", "security.W008"),
+        ("SECURE_HSTS_SECONDS", "0", "security.W004"),
+        ("SECURE_HSTS_INCLUDE_SUBDOMAINS", "0", "security.W005"),
+        ("SECURE_COOKIES", "0", "security.W012"),
+    ],
+)
 def test_check_deploy_reports_a_tls_setting_turned_off(setting, value, warning):
     result = check_deploy(**{setting: value})
     assert result.returncode != 0
@@ -61,12 +72,18 @@ def test_check_deploy_reports_a_tls_setting_turned_off(setting, value, warning):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url):
     # tests/stack.py runs plain HTTP (SECURE_COOKIES=0); this stack runs as production does.
-    yield from make_stack(tmp_path_factory, redis_url, SECURE_COOKIES="1", ALLOWED_HOSTS=f"127.0.0.1,{PUBLIC_HOST}")
+    yield from make_stack(
+        tmp_path_factory, redis_url, SECURE_COOKIES="1", ALLOWED_HOSTS=f"127.0.0.1,{PUBLIC_HOST}"
+    )
 
 
-def get(stack: Stack, path: str, source_address: str = "127.0.0.1", **headers: str) -> http.client.HTTPResponse:
+def get(
+    stack: Stack, path: str, source_address: str = "127.0.0.1", **headers: str
+) -> http.client.HTTPResponse:
     """``GET path`` from ``source_address`` with Host fleet.example.com, redirects not followed."""
-    connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10, source_address=(source_address, 0))
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", stack.port, timeout=10, source_address=(source_address, 0)
+    )
     connection.request("GET", path, headers={"Host": PUBLIC_HOST, **headers})
     response = connection.getresponse()
     response.read()
@@ -95,8 +112,12 @@ def test_https_through_the_front_gets_hsts_the_policy_and_secure_cookies(stack):
         for directive in response.getheader("Content-Security-Policy").split(";")
     }
     assert policy == {
-        "default-src": ["'self'"], "connect-src": ["'self'"], "object-src": ["'none'"],
-        "base-uri": ["'none'"], "form-action": ["'self'"], "frame-ancestors": ["'none'"],
+        "default-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
     }
     assert "Secure" in response.getheader("Set-Cookie")
 

@@ -67,7 +67,9 @@ def test_each_way_a_session_ends_is_seen_in_two_queries(django_assert_num_querie
 
     with django_assert_num_queries(2):
         ended = ended_sessions([*keys.values(), other_session_of_live, "never-a-session"])
-    assert ended == {keys[how] for how in ("password", "inactive", "deleted", "expired", "gone")} | {"never-a-session"}
+    assert ended == {keys[how] for how in ("password", "inactive", "deleted", "expired", "gone")} | {
+        "never-a-session"
+    }
 
 
 # --- Helpers over the real processes -----------------------------------------------------------
@@ -75,7 +77,9 @@ def test_each_way_a_session_ends_is_seen_in_two_queries(django_assert_num_querie
 
 def log_out(stack: Stack, session: str) -> None:
     """Log out through the page's logout form (a POST with the CSRF token)."""
-    home = urllib.request.urlopen(urllib.request.Request(stack.base_url + "/", headers={"Cookie": f"sessionid={session}"}))
+    home = urllib.request.urlopen(
+        urllib.request.Request(stack.base_url + "/", headers={"Cookie": f"sessionid={session}"})
+    )
     csrf_cookie = re.search(r"csrftoken=([^;]+)", " ".join(home.headers.get_all("Set-Cookie"))).group(1)
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', home.read().decode()).group(1)
     request = urllib.request.Request(
@@ -141,7 +145,10 @@ async def open_on_every_worker(stack: Stack, session: str, paths: list[str]) -> 
                 other.resume()
     await asyncio.sleep(1.2)
     after = open_sockets_by_worker(stack)
-    assert all(after.get(worker.pid, 0) - before.get(worker.pid, 0) == len(paths) for worker in workers), (before, after)
+    assert all(after.get(worker.pid, 0) - before.get(worker.pid, 0) == len(paths) for worker in workers), (
+        before,
+        after,
+    )
     return sockets
 
 
@@ -162,8 +169,12 @@ async def assert_all_closed_as_ended(sockets: list, since: float, within_s: floa
     """Every socket closed with 4001 ``session_ended`` within ``within_s`` of ``since``; the latencies."""
     closed = await asyncio.gather(*(closed_at(ws, within_s + 3) for ws in sockets))
     still_open = sum(at is None for at in closed)
-    assert not still_open, f"{still_open} of {len(sockets)} sockets still open {within_s + 3} s after their session ended"
-    assert [(ws.close_code, ws.close_reason) for ws in sockets] == [(protocol.CLOSE_SESSION_ENDED, protocol.SESSION_ENDED)] * len(sockets)
+    assert not still_open, (
+        f"{still_open} of {len(sockets)} sockets still open {within_s + 3} s after their session ended"
+    )
+    assert [(ws.close_code, ws.close_reason) for ws in sockets] == [
+        (protocol.CLOSE_SESSION_ENDED, protocol.SESSION_ENDED)
+    ] * len(sockets)
     latencies = [round(at - since, 3) for at in closed]
     print(f"close latencies (s) of {len(sockets)} sockets: {sorted(latencies)}")
     assert max(latencies) <= within_s, latencies
@@ -219,13 +230,17 @@ class TestLogout:
         yield from make_stack(tmp_path_factory, redis_url, SESSION_CHECK_EVERY_S="600")
 
     @pytest.mark.integration
-    async def test_logout_closes_every_socket_of_its_session_on_every_web_process(self, stack, bystander_session):
+    async def test_logout_closes_every_socket_of_its_session_on_every_web_process(
+        self, stack, bystander_session
+    ):
         user = new_user(stack)
         ended, same_user_elsewhere = stack.login(user), stack.login(user)
         room = f"r-{uuid.uuid4().hex[:8]}"
         bystander = await stack.connect(f"/ws/chat/{room}/", bystander_session)
         other_device = await stack.connect(f"/ws/chat/{room}-2/", same_user_elsewhere)
-        sockets = await open_on_every_worker(stack, ended, [f"/ws/chat/{room}/", "/ws/chat/lobby/", "/ws/status/"])
+        sockets = await open_on_every_worker(
+            stack, ended, [f"/ws/chat/{room}/", "/ws/chat/lobby/", "/ws/status/"]
+        )
 
         logged_out_at = time.time()
         log_out(stack, ended)
@@ -286,7 +301,9 @@ class TestLogout:
         other_tab.wait_for_url("**/accounts/login/")
 
         for page in (chat, dashboard):
-            page.wait_for_selector("[data-connection-indicator][data-state='ended']", timeout=PUSH_WITHIN_S * 1000)
+            page.wait_for_selector(
+                "[data-connection-indicator][data-state='ended']", timeout=PUSH_WITHIN_S * 1000
+            )
             [(code, closed_ms)] = page.evaluate("window.closes")
             assert code == protocol.CLOSE_SESSION_ENDED
             print(f"{page.url}: closed {(closed_ms - clicked_at_ms) / 1000:.3f} s after the logout click")

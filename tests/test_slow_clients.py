@@ -33,9 +33,13 @@ QUEUE_FRAMES = 4
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url):
     yield from make_stack(
-        tmp_path_factory, redis_url,
-        FLEET_TOKEN=TOKEN, SOCKET_QUEUE_MAX_FRAMES=str(QUEUE_FRAMES),
-        CHAT_RATE_LIMIT_COUNT="100000", CHAT_MESSAGE_MAX_CHARS="2000", EDGE_MESSAGES_PER_S="10000",
+        tmp_path_factory,
+        redis_url,
+        FLEET_TOKEN=TOKEN,
+        SOCKET_QUEUE_MAX_FRAMES=str(QUEUE_FRAMES),
+        CHAT_RATE_LIMIT_COUNT="100000",
+        CHAT_MESSAGE_MAX_CHARS="2000",
+        EDGE_MESSAGES_PER_S="10000",
         EDGE_MESSAGES_BURST="10000",
         # uvicorn drops a client that leaves its ping unanswered for 20 + 20 s; the stalled
         # clients here must outlive that to show the outbox's own bound.
@@ -106,12 +110,18 @@ class BusyFleet:
             round_ += 1
             for machine in range(self.machines):
                 software = [
-                    {"name": f"package-{n:03d}-" + "x" * 80, "state": "installing", "percent": (round_ + n) % 100}
+                    {
+                        "name": f"package-{n:03d}-" + "x" * 80,
+                        "state": "installing",
+                        "percent": (round_ + n) % 100,
+                    }
                     for n in range(self.packages)
                 ]
                 body = json.dumps({"state": "provisioning", "software": software}).encode()
                 request = urllib.request.Request(
-                    f"{self.stack.base_url}/api/machines/busy-{machine:02d}/report", data=body, method="POST",
+                    f"{self.stack.base_url}/api/machines/busy-{machine:02d}/report",
+                    data=body,
+                    method="POST",
                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
                 )
                 urllib.request.urlopen(request, timeout=10).close()
@@ -131,7 +141,10 @@ def web_log_says(stack: Stack, text: str) -> bool:
 
 
 async def test_stalled_status_client_is_resynced_and_holds_up_no_one(stack, session):
-    async with stack.connect("/ws/status/", session) as healthy, stalled(stack, "/ws/status/", session) as stalled_client:
+    async with (
+        stack.connect("/ws/status/", session) as healthy,
+        stalled(stack, "/ws/status/", session) as stalled_client,
+    ):
         seq = (await recv_until(healthy, protocol.STATUS_SNAPSHOT))["seq"]
 
         async def healthy_reads_until(done) -> int:
@@ -150,8 +163,9 @@ async def test_stalled_status_client_is_resynced_and_holds_up_no_one(stack, sess
             # The kernel's socket buffers take several MB before the server's send waits;
             # then the outbox fills and overflows.
             give_up = time.monotonic() + 90
-            await healthy_reads_until(lambda: web_log_says(stack, "resyncing a slow status socket")
-                                      or time.monotonic() > give_up)
+            await healthy_reads_until(
+                lambda: web_log_says(stack, "resyncing a slow status socket") or time.monotonic() > give_up
+            )
             assert web_log_says(stack, "resyncing a slow status socket"), "the slow client was never resynced"
             # From here on every update is dropped for the slow client rather than kept.
             rss_before = web_rss_mib(stack)
@@ -200,9 +214,14 @@ async def test_stalled_chat_member_is_closed_with_4008_and_resumes_without_loss(
                 for message in frame["messages"] if frame["type"] == protocol.CHAT_HISTORY else [frame]:
                     seen.add(message["id"])
         assert closed.value.rcvd is not None, "the server did not send a close frame"
-        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (protocol.CLOSE_SLOW_CLIENT, protocol.SLOW_CLIENT)
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+            protocol.CLOSE_SLOW_CLIENT,
+            protocol.SLOW_CLIENT,
+        )
         assert set(sent_ids) - seen, "the slow member missed nothing, so nothing was bounded"
-        assert value(scrape(f"{stack.base_url}/metrics"), "fleetchat_slow_client_closes_total", kind="chat") >= 1
+        assert (
+            value(scrape(f"{stack.base_url}/metrics"), "fleetchat_slow_client_closes_total", kind="chat") >= 1
+        )
 
     # Reconnect and resume from the highest id seen: every message exactly once.
     async with stack.connect(room, session) as again:

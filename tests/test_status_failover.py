@@ -32,7 +32,9 @@ KILLS = 5
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url):
-    yield from make_stack(tmp_path_factory, redis_url, instances={"worker": 2, "scheduler": 2}, FLEET_TOKEN=TOKEN)
+    yield from make_stack(
+        tmp_path_factory, redis_url, instances={"worker": 2, "scheduler": 2}, FLEET_TOKEN=TOKEN
+    )
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +144,9 @@ async def test_a_paused_leader_cannot_double_the_stream(stack, session, client):
 def post_report(stack: Stack, name: str, state: str) -> int:
     body = json.dumps({"state": state, "progress": 50}).encode()
     request = urllib.request.Request(
-        f"{stack.base_url}/api/machines/{name}/report", data=body, method="POST",
+        f"{stack.base_url}/api/machines/{name}/report",
+        data=body,
+        method="POST",
         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -152,7 +156,9 @@ def post_report(stack: Stack, name: str, state: str) -> int:
 def fleet(stack: Stack, session: str) -> dict[str, str]:
     """Machine states from ``/api/status``; its ``503`` (no status worker answered within 2 s: one
     just restarted, the other busy claiming) reads as nothing seen yet, and the caller asks again."""
-    request = urllib.request.Request(f"{stack.base_url}/api/status", headers={"Cookie": f"sessionid={session}"})
+    request = urllib.request.Request(
+        f"{stack.base_url}/api/status", headers={"Cookie": f"sessionid={session}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return {machine["name"]: machine["state"] for machine in json.loads(response.read())["machines"]}
@@ -194,7 +200,9 @@ def test_no_report_answered_202_is_lost_when_a_status_worker_dies(stack, session
 
 def post_batch(stack: Stack, items: list[dict]) -> int:
     request = urllib.request.Request(
-        f"{stack.base_url}/api/reports", data=json.dumps(items).encode(), method="POST",
+        f"{stack.base_url}/api/reports",
+        data=json.dumps(items).encode(),
+        method="POST",
         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -211,7 +219,9 @@ def test_no_batched_report_is_lost_or_rolled_back_when_a_status_worker_dies(stac
     def agents():
         for seq in range(1, rounds + 1):
             state = "ready" if seq == rounds else "provisioning"
-            items = [{"name": name, "report": {"state": state, "progress": seq, "seq": seq}} for name in names]
+            items = [
+                {"name": name, "report": {"state": state, "progress": seq, "seq": seq}} for name in names
+            ]
             if post_batch(stack, items) == 202:
                 accepted.append(seq)
             time.sleep(0.1)

@@ -107,7 +107,10 @@ async def test_report_appears_in_next_update_and_in_api_status(stack, session):
         body = {
             "state": "provisioning",
             "progress": 40,
-            "software": [{"name": "nginx", "state": "installing", "percent": 40}, {"name": "redis", "state": "done", "percent": 100}],
+            "software": [
+                {"name": "nginx", "state": "installing", "percent": 40},
+                {"name": "redis", "state": "done", "percent": 100},
+            ],
         }
         status, answer = report(stack, "web-01", body)
         assert (status, answer["status"]) == (202, "accepted")
@@ -172,9 +175,21 @@ async def test_anonymous_status_socket_is_refused(stack):
         ("bad-state", {"state": "exploded"}, {"state"}),
         ("no-state", {"progress": 3}, {"state"}),
         ("bad-progress", {"state": "pending", "progress": 101}, {"progress"}),
-        ("bad-percent", {"state": "pending", "software": [{"name": "a", "state": "done", "percent": -1}]}, {"software[0].percent"}),
-        ("nan-percent", {"state": "pending", "software": [{"name": "a", "state": "done", "percent": "50"}]}, {"software[0].percent"}),
-        ("empty-name", {"state": "pending", "software": [{"name": "", "state": "done", "percent": 1}]}, {"software[0].name"}),
+        (
+            "bad-percent",
+            {"state": "pending", "software": [{"name": "a", "state": "done", "percent": -1}]},
+            {"software[0].percent"},
+        ),
+        (
+            "nan-percent",
+            {"state": "pending", "software": [{"name": "a", "state": "done", "percent": "50"}]},
+            {"software[0].percent"},
+        ),
+        (
+            "empty-name",
+            {"state": "pending", "software": [{"name": "", "state": "done", "percent": 1}]},
+            {"software[0].name"},
+        ),
         ("bad-software", {"state": "pending", "software": {"name": "a"}}, {"software"}),
         ("bad-types", [1, 2], {"body"}),
         ("bad%20name", {"state": "pending"}, {"name"}),
@@ -196,7 +211,10 @@ def test_report_without_the_token_is_401(stack, session, token):
 
 
 def test_report_over_64_kib_is_413(stack, session):
-    body = {"state": "pending", "software": [{"name": f"pkg-{i}-" + "x" * 90, "state": "queued", "percent": 0} for i in range(600)]}
+    body = {
+        "state": "pending",
+        "software": [{"name": f"pkg-{i}-" + "x" * 90, "state": "queued", "percent": 0} for i in range(600)],
+    }
     raw = json.dumps(body).encode()
     assert len(raw) > 64 * 1024
     status, answer = report(stack, "huge", raw)
@@ -206,7 +224,9 @@ def test_report_over_64_kib_is_413(stack, session):
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
 def test_other_methods_are_405(stack, method):
-    status, answer = http(stack, method, "/api/machines/web-01/report", headers={"Authorization": f"Bearer {TOKEN}"})
+    status, answer = http(
+        stack, method, "/api/machines/web-01/report", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert (status, answer["error"]) == (405, "method_not_allowed")
 
 
@@ -214,7 +234,9 @@ async def test_removed_machine_is_listed_once(stack, session):
     report(stack, "doomed-01", {"state": "pending"})
     async with stack.connect("/ws/status/", session) as ws:
         await recv_json(ws)
-        status, _ = http(stack, "DELETE", "/api/machines/doomed-01", headers={"Authorization": f"Bearer {TOKEN}"})
+        status, _ = http(
+            stack, "DELETE", "/api/machines/doomed-01", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         assert status == 202
         for _ in range(3):
             update = await next_update(ws)

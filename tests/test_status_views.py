@@ -33,8 +33,12 @@ def fleet_name(index: int) -> str:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url):
     yield from make_stack(
-        tmp_path_factory, redis_url, FLEET_TOKEN=TOKEN, OFFLINE_AFTER="3600",
-        SOCKETS_PER_USER_MAX="2000", JOINS_PER_USER_PER_S="2000",
+        tmp_path_factory,
+        redis_url,
+        FLEET_TOKEN=TOKEN,
+        OFFLINE_AFTER="3600",
+        SOCKETS_PER_USER_MAX="2000",
+        JOINS_PER_USER_PER_S="2000",
     )
 
 
@@ -47,7 +51,8 @@ def session(stack: Stack) -> str:
 
 def report(stack: Stack, name: str, state: str, progress: float) -> None:
     request = urllib.request.Request(
-        f"{stack.base_url}/api/machines/{name}/report", method="POST",
+        f"{stack.base_url}/api/machines/{name}/report",
+        method="POST",
         data=json.dumps({"state": state, "progress": progress}).encode(),
         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
     )
@@ -82,7 +87,10 @@ def names_in(update: dict) -> set[str]:
 
 
 async def test_a_dashboard_on_page_2_gets_page_2s_changes_and_not_page_1s(stack, session):
-    async with stack.connect("/ws/status/?page=2", session) as second, stack.connect("/ws/status/?page=1", session) as first:
+    async with (
+        stack.connect("/ws/status/?page=2", session) as second,
+        stack.connect("/ws/status/?page=1", session) as first,
+    ):
         on_second = await view_snapshot(second, total=FLEET)
         on_first = await view_snapshot(first, total=FLEET)
         report(stack, fleet_name(50), "provisioning", 10)
@@ -98,7 +106,9 @@ async def test_a_dashboard_on_page_2_gets_page_2s_changes_and_not_page_1s(stack,
     assert last_report.endswith("Z") and all(len(package) == 3 for package in software)
     assert all(fleet_name(50) not in names_in(update) for update in seen_second)
     assert all(fleet_name(150) not in names_in(update) for update in seen_first)
-    assert all(update["summary"]["machines"] >= FLEET and "system" in update for update in seen_second + seen_first)
+    assert all(
+        update["summary"]["machines"] >= FLEET and "system" in update for update in seen_second + seen_first
+    )
 
 
 async def test_a_state_filter_shows_machines_entering_and_leaving_it(stack, session):
@@ -143,7 +153,9 @@ async def test_a_client_that_never_chooses_a_view_still_gets_the_whole_fleet(sta
         report(stack, fleet_name(7), "provisioning", 70)
         report(stack, fleet_name(207), "provisioning", 70)
         updates = await updates_until(
-            ws, snapshot["seq"], lambda u: {fleet_name(7), fleet_name(207)} <= {m["name"] for m in u["machines"]},
+            ws,
+            snapshot["seq"],
+            lambda u: {fleet_name(7), fleet_name(207)} <= {m["name"] for m in u["machines"]},
         )
 
     assert "view" not in snapshot and "rows" not in snapshot
@@ -155,13 +167,16 @@ async def test_a_client_that_never_chooses_a_view_still_gets_the_whole_fleet(sta
     assert "view" not in updates[-1] and "rows" not in updates[-1]
 
 
-@pytest.mark.parametrize("frame", [
-    {"type": protocol.STATUS_VIEW, "page": 0},
-    {"type": protocol.STATUS_VIEW, "page": "2"},
-    {"type": protocol.STATUS_VIEW, "state": "exploded"},
-    {"type": protocol.STATUS_VIEW, "search": "a b"},
-    {"type": protocol.STATUS_VIEW, "search": "x" * 41},
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": protocol.STATUS_VIEW, "page": 0},
+        {"type": protocol.STATUS_VIEW, "page": "2"},
+        {"type": protocol.STATUS_VIEW, "state": "exploded"},
+        {"type": protocol.STATUS_VIEW, "search": "a b"},
+        {"type": protocol.STATUS_VIEW, "search": "x" * 41},
+    ],
+)
 async def test_a_bad_view_is_refused_and_the_socket_keeps_its_view(stack, session, frame):
     async with stack.connect("/ws/status/?page=3", session) as ws:
         before = await view_snapshot(ws)
@@ -185,8 +200,14 @@ async def test_a_bad_view_in_the_url_is_said_and_page_1_shown(stack, session):
 # --- a wave of joins ------------------------------------------------------------------------
 
 WAVE = 500
-WAVE_VIEWS = ["/ws/status/?page=1", "/ws/status/?page=2", "/ws/status/?page=3", "/ws/status/?state=ready",
-              "/ws/status/?search=v-1", "/ws/status/"]
+WAVE_VIEWS = [
+    "/ws/status/?page=1",
+    "/ws/status/?page=2",
+    "/ws/status/?page=3",
+    "/ws/status/?state=ready",
+    "/ws/status/?search=v-1",
+    "/ws/status/",
+]
 
 
 async def join_and_follow(stack: Stack, session: str, path: str, opened: list) -> tuple[int, int]:
@@ -206,7 +227,9 @@ async def test_a_wave_of_joins_gets_snapshots_while_the_stream_keeps_time(stack,
         joins = []
         started = time.monotonic()
         for n in range(WAVE):
-            joins.append(asyncio.create_task(join_and_follow(stack, session, WAVE_VIEWS[n % len(WAVE_VIEWS)], opened)))
+            joins.append(
+                asyncio.create_task(join_and_follow(stack, session, WAVE_VIEWS[n % len(WAVE_VIEWS)], opened))
+            )
             await asyncio.sleep(0.01)  # 100 joins a second
         during = []
         while not all(join.done() for join in joins):
@@ -221,12 +244,16 @@ async def test_a_wave_of_joins_gets_snapshots_while_the_stream_keeps_time(stack,
     seqs = [update["seq"] for update in calm + during]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     assert len(during) >= int(wave_s) - 1, f"{len(during)} updates in a {wave_s:.1f} s wave"
-    assert all(update == snapshot + 1 for snapshot, update in firsts), [(WAVE_VIEWS[n % len(WAVE_VIEWS)], f) for n, f in enumerate(firsts) if f[1] != f[0] + 1]
+    assert all(update == snapshot + 1 for snapshot, update in firsts), [
+        (WAVE_VIEWS[n % len(WAVE_VIEWS)], f) for n, f in enumerate(firsts) if f[1] != f[0] + 1
+    ]
     # A worker that fell behind would be a tick late (it drops a tick over 1 s late): on a host
     # shared with other suites the lag moves by hundreds of ms either way, so that is the bound.
     lag_ms = [protocol_lag_ms(update) for update in during]
-    print(f"\nworker lag: {max(protocol_lag_ms(update) for update in calm):.0f} ms before the wave, "
-          f"median {sorted(lag_ms)[len(lag_ms) // 2]:.0f} max {max(lag_ms):.0f} ms during it ({wave_s:.1f} s)")
+    print(
+        f"\nworker lag: {max(protocol_lag_ms(update) for update in calm):.0f} ms before the wave, "
+        f"median {sorted(lag_ms)[len(lag_ms) // 2]:.0f} max {max(lag_ms):.0f} ms during it ({wave_s:.1f} s)"
+    )
     assert max(lag_ms) < 1000, f"the worker fell a tick behind: {lag_ms}"
     # Its ticks and the chat positions: the joins' snapshots never reach it (100 joins a second).
     handled_per_s = [update["system"]["worker"]["messages_per_s"] for update in during]

@@ -51,8 +51,14 @@ def published_snapshot(client, view: StatusView | None) -> dict:
 async def test_a_watched_view_gets_the_rows_of_its_page_that_changed(worker, leading_redis):
     first_page = await watching(worker, leading_redis, StatusView(page=1))
     failed = await watching(worker, leading_redis, StatusView(state="failed"))
-    await worker.report("m1", {"state": "provisioning", "progress": 10,
-                               "software": [{"name": "a", "state": "installing", "percent": 10}]})
+    await worker.report(
+        "m1",
+        {
+            "state": "provisioning",
+            "progress": 10,
+            "software": [{"name": "a", "state": "installing", "percent": 10}],
+        },
+    )
     await worker.report("m2", {"state": "failed", "progress": 50})
 
     whole = await worker.ticked()
@@ -60,7 +66,13 @@ async def test_a_watched_view_gets_the_rows_of_its_page_that_changed(worker, lea
 
     assert [m["name"] for m in whole["machines"]] == ["m1", "m2"]
     assert page["seq"] == failing["seq"] == whole["seq"]
-    assert page["view"] == {"page": 1, "state": None, "search": None, "total": 2, "page_size": protocol.STATUS_PAGE_SIZE}
+    assert page["view"] == {
+        "page": 1,
+        "state": None,
+        "search": None,
+        "total": 2,
+        "page_size": protocol.STATUS_PAGE_SIZE,
+    }
     assert [row[:3] for row in page["rows"]] == [["m1", "provisioning", 10], ["m2", "failed", 50]]
     assert page["rows"][0][4] == [["a", "installing", 10]]
     assert [row[0] for row in failing["rows"]] == ["m2"] and failing["view"]["total"] == 1
@@ -80,7 +92,9 @@ async def test_a_machine_leaving_a_view_is_listed_as_removed(worker, leading_red
     assert (update["rows"], update["removed"], update["view"]["total"]) == ([], ["m1"], 0)
 
 
-async def test_a_view_registered_while_an_update_is_built_still_gets_that_update(worker, leading_redis, monkeypatch):
+async def test_a_view_registered_while_an_update_is_built_still_gets_that_update(
+    worker, leading_redis, monkeypatch
+):
     """The web process registers its view, then reads the snapshot: if the worker read the
     registry before the registration, it must not store the update without the view."""
     late = StatusView(page=1, search="m")
@@ -143,7 +157,9 @@ async def test_view_frames_stored_but_not_sent_are_sent_again(worker, leading_re
     await received(worker, socket)
     feed = FeedStore(leading_redis)
     admission = feed.admit(TEST_LEASE_TOKEN, worker.next_tick_ns() // NS_PER_MS)
-    leading_redis.hset(keys.STATUS_LAST_VIEWS, view.group, json.dumps({"seq": admission.seq + 1, "view": "unsent"}))
+    leading_redis.hset(
+        keys.STATUS_LAST_VIEWS, view.group, json.dumps({"seq": admission.seq + 1, "view": "unsent"})
+    )
     feed.store(admission, json.dumps({"seq": admission.seq + 1}), {})  # and the worker that stored it died
 
     await worker.tick()
@@ -167,7 +183,10 @@ async def test_an_update_stored_without_the_fleet_has_the_whole_fleet_published_
     snapshot = published_snapshot(leading_redis, None)
 
     assert unpublished is None
-    assert (snapshot["seq"], [(m["name"], m["state"]) for m in snapshot["machines"]]) == (update["seq"], [("m1", "failed")])
+    assert (snapshot["seq"], [(m["name"], m["state"]) for m in snapshot["machines"]]) == (
+        update["seq"],
+        [("m1", "failed")],
+    )
 
 
 def test_the_registry_holds_at_most_status_views_max_views(leading_redis, monkeypatch):

@@ -36,7 +36,6 @@ NS_PER_MS = 1_000_000
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-
 class Harness:
     """Status workers on one channel, a socket in the status group, and the report API's queue."""
 
@@ -49,7 +48,9 @@ class Harness:
         self.last_tick_ns = 0
 
     def start_worker(self) -> ApplicationCommunicator:
-        app = ApplicationCommunicator(StatusWorker.as_asgi(), {"type": "channel", "channel": protocol.STATUS_WORKER})
+        app = ApplicationCommunicator(
+            StatusWorker.as_asgi(), {"type": "channel", "channel": protocol.STATUS_WORKER}
+        )
         self.workers.append(app)
         return app
 
@@ -68,7 +69,9 @@ class Harness:
         self.last_tick_ns = max(time.time_ns(), self.last_tick_ns + NS_PER_MS)
         return self.last_tick_ns
 
-    async def tick(self, tick_ns: int | None = None, token: int = TOKEN, app: ApplicationCommunicator | None = None) -> int:
+    async def tick(
+        self, tick_ns: int | None = None, token: int = TOKEN, app: ApplicationCommunicator | None = None
+    ) -> int:
         tick_ns = self.next_tick_ns() if tick_ns is None else tick_ns
         message = {"type": protocol.STATUS_TICK, "tick_ns": tick_ns, "token": token, "sent_ns": tick_ns}
         await (app or self.app).send_input(message)
@@ -105,14 +108,35 @@ async def worker(channel_layer, feed_redis, redis_url):
 
 
 def test_report_checker_normalises():
-    report = check_report("m-1.example", {"state": "ready", "software": [{"name": "a", "state": "done", "percent": 100}]})
-    assert report == {"state": "ready", "progress": None, "software": [{"name": "a", "state": "done", "percent": 100.0}]}
+    report = check_report(
+        "m-1.example", {"state": "ready", "software": [{"name": "a", "state": "done", "percent": 100}]}
+    )
+    assert report == {
+        "state": "ready",
+        "progress": None,
+        "software": [{"name": "a", "state": "done", "percent": 100.0}],
+    }
 
 
 def test_report_checker_lists_every_problem():
     with pytest.raises(ReportErrors) as raised:
-        check_report("ok", {"state": "ready", "extra": 1, "software": [{"name": "a", "state": "done", "percent": 1}, {"name": "a", "state": "?", "percent": True}]})
-    assert set(raised.value.errors) == {"body", "software[1].name", "software[1].state", "software[1].percent"}
+        check_report(
+            "ok",
+            {
+                "state": "ready",
+                "extra": 1,
+                "software": [
+                    {"name": "a", "state": "done", "percent": 1},
+                    {"name": "a", "state": "?", "percent": True},
+                ],
+            },
+        )
+    assert set(raised.value.errors) == {
+        "body",
+        "software[1].name",
+        "software[1].state",
+        "software[1].percent",
+    }
 
 
 def apply(name: str, body: dict, report_id: str) -> bool:
@@ -172,7 +196,13 @@ def test_a_removal_older_than_the_last_report_is_not_applied():
 
 
 async def test_report_then_tick_carries_the_whole_machine_once(worker):
-    body = {"state": "provisioning", "software": [{"name": "a", "state": "installing", "percent": 30}, {"name": "b", "state": "done", "percent": 100}]}
+    body = {
+        "state": "provisioning",
+        "software": [
+            {"name": "a", "state": "installing", "percent": 30},
+            {"name": "b", "state": "done", "percent": 100},
+        ],
+    }
     await worker.report("m1", body)
 
     first = await worker.ticked()
@@ -253,7 +283,11 @@ async def test_snapshot_reports_the_current_epoch_and_seq(worker):
 
     snapshot = await worker.join()
 
-    assert (snapshot["type"], snapshot["epoch"], snapshot["seq"]) == ("status.snapshot", update["epoch"], update["seq"])
+    assert (snapshot["type"], snapshot["epoch"], snapshot["seq"]) == (
+        "status.snapshot",
+        update["epoch"],
+        update["seq"],
+    )
 
 
 async def test_snapshot_is_the_fleet_as_the_stored_updates_left_it(worker):
@@ -288,7 +322,12 @@ async def test_an_update_stored_but_not_sent_is_sent_before_the_next(worker, fee
     await worker.ticked()
     feed = FeedStore(feed_redis)
     admission = feed.admit(TOKEN, worker.next_tick_ns() // NS_PER_MS)
-    unsent = {"type": protocol.STATUS_UPDATE, "epoch": admission.epoch, "seq": admission.seq + 1, "machines": []}
+    unsent = {
+        "type": protocol.STATUS_UPDATE,
+        "epoch": admission.epoch,
+        "seq": admission.seq + 1,
+        "machines": [],
+    }
     feed.store(admission, json.dumps(unsent), {})  # and the worker that stored it died
 
     await worker.tick()
@@ -337,7 +376,9 @@ async def test_epoch_is_kept_and_seq_continues_across_status_workers(worker):
 
 
 async def test_a_failing_message_does_not_stop_the_worker(worker):
-    await worker.app.send_input({"type": protocol.STATUS_TICK, "token": TOKEN})  # no tick_ns: the handler raises
+    await worker.app.send_input(
+        {"type": protocol.STATUS_TICK, "token": TOKEN}
+    )  # no tick_ns: the handler raises
 
     update = await worker.ticked()
 

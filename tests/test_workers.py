@@ -18,12 +18,20 @@ class Harness:
     def __init__(self, layer, reply_channel: str) -> None:
         self.layer = layer
         self.reply_channel = reply_channel
-        self.app = ApplicationCommunicator(ChatWorker.as_asgi(), {"type": "channel", "channel": protocol.CHAT_WORKER})
+        self.app = ApplicationCommunicator(
+            ChatWorker.as_asgi(), {"type": "channel", "channel": protocol.CHAT_WORKER}
+        )
 
     async def send(self, frame: dict, user: str = "alice", room: str = "ops") -> None:
         await self.app.send_input(
-            {"type": frame["type"], "frame": frame, "room": room, "user": user, "user_id": None,
-             "reply_channel": self.reply_channel}
+            {
+                "type": frame["type"],
+                "frame": frame,
+                "room": room,
+                "user": user,
+                "user_id": None,
+                "reply_channel": self.reply_channel,
+            }
         )
 
     async def reply(self) -> dict:
@@ -46,7 +54,12 @@ async def worker(channel_layer):
 async def test_message_is_persisted_then_broadcast(worker):
     await worker.send({"type": "chat.message", "message": " hi ", "client_id": "a1"})
     frame = await worker.reply()
-    assert (frame["type"], frame["message"], frame["user"], frame["client_id"]) == ("chat.message", "hi", "alice", "a1")
+    assert (frame["type"], frame["message"], frame["user"], frame["client_id"]) == (
+        "chat.message",
+        "hi",
+        "alice",
+        "a1",
+    )
     stored = await Message.objects.aget(pk=frame["id"])
     assert stored.body == "hi"
 
@@ -87,7 +100,9 @@ async def test_rate_limit(worker, settings):
 
 
 async def test_join_history_is_the_last_fifty_oldest_first(worker):
-    await Message.objects.abulk_create([Message(room="ops", offset=i + 1, author="bob", body=f"m{i}") for i in range(55)])
+    await Message.objects.abulk_create(
+        [Message(room="ops", offset=i + 1, author="bob", body=f"m{i}") for i in range(55)]
+    )
     await worker.send({"type": "chat.join"})
     history = await worker.reply()
     assert len(history["messages"]) == 50
@@ -97,7 +112,9 @@ async def test_join_history_is_the_last_fifty_oldest_first(worker):
 
 
 async def test_resume_is_capped_at_500_and_says_so(worker):
-    await Message.objects.abulk_create([Message(room="ops", offset=i + 1, author="bob", body=f"m{i}") for i in range(502)])
+    await Message.objects.abulk_create(
+        [Message(room="ops", offset=i + 1, author="bob", body=f"m{i}") for i in range(502)]
+    )
     first_id = (await Message.objects.order_by("id").afirst()).pk
     await worker.send({"type": "chat.resume", "after_id": first_id})
     resumed = await worker.reply()
@@ -110,7 +127,12 @@ async def test_offsets_are_contiguous_per_room(worker):
     for room, text in (("ops", "a"), ("elsewhere", "b"), ("ops", "c"), ("ops", "d")):
         await worker.send({"type": "chat.message", "message": text}, room=room)
     frames = [await worker.reply() for _ in range(4)]
-    assert [(f["room"], f["offset"]) for f in frames] == [("ops", 1), ("elsewhere", 1), ("ops", 2), ("ops", 3)]
+    assert [(f["room"], f["offset"]) for f in frames] == [
+        ("ops", 1),
+        ("elsewhere", 1),
+        ("ops", 2),
+        ("ops", 3),
+    ]
 
 
 async def test_resume_after_an_offset_gives_the_rest_of_the_room_in_offset_order(worker):

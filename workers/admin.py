@@ -56,13 +56,17 @@ class AgentTokenAdmin(admin.ModelAdmin):
         super().save_model(request, token, form, change)
 
     def response_add(self, request, token: AgentToken, post_url_continue=None):
-        response = TemplateResponse(request, "admin/workers/agenttoken/issued.html", {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": f"Agent token {token.name}",
-            "token": token,
-            "secret": token.secret_once,
-        })
+        response = TemplateResponse(
+            request,
+            "admin/workers/agenttoken/issued.html",
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": f"Agent token {token.name}",
+                "token": token,
+                "secret": token.secret_once,
+            },
+        )
         add_never_cache_headers(response)  # the one page that ever holds the secret
         return response
 
@@ -70,6 +74,8 @@ class AgentTokenAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset) -> None:
         revoked = [token.name for token in queryset if token.revoke()]
         if revoked:
-            self.message_user(request, f"Revoked {', '.join(revoked)}: the report API refuses them within a second.")
+            self.message_user(
+                request, f"Revoked {', '.join(revoked)}: the report API refuses them within a second."
+            )
         else:
             self.message_user(request, "Those tokens were already revoked.", messages.WARNING)

@@ -27,8 +27,13 @@ def db_datetime(moment: datetime | None) -> Any:
     return connection.ops.adapt_datetimefield_value(moment)
 
 
-def upsert(model: type[Model], fields: Sequence[str], unique: Sequence[str], update: Sequence[str],
-           rows: Sequence[Sequence[Any]]) -> None:
+def upsert(
+    model: type[Model],
+    fields: Sequence[str],
+    unique: Sequence[str],
+    update: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+) -> None:
     """Insert ``rows`` (values of ``fields``, in order) into ``model``'s table; a row whose
     ``unique`` fields match a stored one updates that row's ``update`` fields instead. ``rows``
     must not repeat a ``unique`` key (PostgreSQL refuses to update a row twice in one statement)."""
@@ -37,12 +42,15 @@ def upsert(model: type[Model], fields: Sequence[str], unique: Sequence[str], upd
     quote = connection.ops.quote_name
     column = {name: quote(model._meta.get_field(name).column) for name in {*fields, *unique, *update}}
     head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(column[name] for name in fields)}) VALUES "
-    tail = (f" ON CONFLICT ({', '.join(column[name] for name in unique)}) DO UPDATE SET "
-            + ", ".join(f"{column[name]} = excluded.{column[name]}" for name in update))
+    tail = f" ON CONFLICT ({', '.join(column[name] for name in unique)}) DO UPDATE SET " + ", ".join(
+        f"{column[name]} = excluded.{column[name]}" for name in update
+    )
     placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
     per_statement = max(1, PARAMETERS_MAX // len(fields))
     with connection.cursor() as cursor:
         for start in range(0, len(rows), per_statement):
-            chunk = rows[start:start + per_statement]
-            cursor.execute(head + ", ".join([placeholders] * len(chunk)) + tail,
-                           [value for row in chunk for value in row])
+            chunk = rows[start : start + per_statement]
+            cursor.execute(
+                head + ", ".join([placeholders] * len(chunk)) + tail,
+                [value for row in chunk for value in row],
+            )

@@ -105,7 +105,11 @@ class ChatWorker(WorkerConsumer):
                     reply(message["reply_channel"], message_frame(original))
                     return
             wait_s = retry_after_s(
-                room, author, timezone.now(), settings.CHAT_RATE_LIMIT_COUNT, settings.CHAT_RATE_LIMIT_WINDOW_S
+                room,
+                author,
+                timezone.now(),
+                settings.CHAT_RATE_LIMIT_COUNT,
+                settings.CHAT_RATE_LIMIT_WINDOW_S,
             )
             if wait_s is not None:
                 raise ProtocolError(
@@ -118,8 +122,12 @@ class ChatWorker(WorkerConsumer):
             try:
                 with transaction.atomic():
                     stored = Message.objects.create(
-                        room=room, offset=next_offset(room), author=author, user_id=message.get("user_id"),
-                        body=text, client_id=client_id,
+                        room=room,
+                        offset=next_offset(room),
+                        author=author,
+                        user_id=message.get("user_id"),
+                        body=text,
+                        client_id=client_id,
                     )
                     publish(protocol.chat_group(room), message_frame(stored))
             except IntegrityError:
@@ -130,8 +138,12 @@ class ChatWorker(WorkerConsumer):
     def chat_positions(self, message: dict[str, Any]) -> None:
         """Tell every room with a recent message where it stands (``chat.position``)."""
         since = timezone.now() - timedelta(seconds=protocol.POSITION_WINDOW_S)
-        for name, offset in Room.objects.filter(last_message_at__gte=since).values_list("name", "last_offset"):
-            publish(protocol.chat_group(name), {"type": protocol.CHAT_POSITION, "room": name, "offset": offset})
+        for name, offset in Room.objects.filter(last_message_at__gte=since).values_list(
+            "name", "last_offset"
+        ):
+            publish(
+                protocol.chat_group(name), {"type": protocol.CHAT_POSITION, "room": name, "offset": offset}
+            )
 
     def send_history(self, message: dict[str, Any], before_id: int | None, limit: int, kind: str) -> None:
         query = Message.objects.filter(room=message["room"])

@@ -64,7 +64,9 @@ class Plan:
     def is_late(self, report: dict[str, Any]) -> bool:
         seq, sent_at = report.get("seq"), report.get("sent_at")
         return (seq is not None and self.seq is not None and seq < self.seq) or (
-            sent_at is not None and self.sent_at is not None and datetime.fromisoformat(sent_at) < self.sent_at
+            sent_at is not None
+            and self.sent_at is not None
+            and datetime.fromisoformat(sent_at) < self.sent_at
         )
 
     def apply(self, report: dict[str, Any]) -> None:

@@ -217,17 +217,24 @@ class FeedStore:
 
     def admit(self, token: int, tick_ms: int) -> Admission | str:
         """An :class:`Admission` for this tick, or why it is refused (``"stale_token"``, ...)."""
-        verdict = self._admit(keys=[keys.STATUS_FEED, keys.SCHEDULER_LEASE, keys.STATUS_LAST_VIEWS],
-                              args=[token, tick_ms, new_epoch()])
+        verdict = self._admit(
+            keys=[keys.STATUS_FEED, keys.SCHEDULER_LEASE, keys.STATUS_LAST_VIEWS],
+            args=[token, tick_ms, new_epoch()],
+        )
         if verdict[0] != b"ok":
             return verdict[0].decode()
         _, epoch, seq, published, unsent, *views = verdict
         unsent_views = {group.decode(): text.decode() for group, text in zip(views[::2], views[1::2])}
-        return Admission(epoch.decode(), int(seq), unsent.decode() if unsent else None, bool(published), unsent_views)
+        return Admission(
+            epoch.decode(), int(seq), unsent.decode() if unsent else None, bool(published), unsent_views
+        )
 
     def pending(self) -> dict[str, int]:
         """Machines announced as changing that no stored update has carried yet, with versions."""
-        return {name.decode(): int(version) for name, version in self.client.hgetall(keys.STATUS_FEED_PENDING).items()}
+        return {
+            name.decode(): int(version)
+            for name, version in self.client.hgetall(keys.STATUS_FEED_PENDING).items()
+        }
 
     def announce(self, names: set[str]) -> dict[str, int]:
         """Mark ``names`` as changing *before* the change is made, so that a worker killed after
@@ -240,8 +247,9 @@ class FeedStore:
                 pipe.hincrby(keys.STATUS_FEED_PENDING, name, 1)
             return dict(zip(ordered, pipe.execute()))
 
-    def store(self, admission: Admission, text: str, carried: dict[str, int],
-              publication: Publication | None = None) -> bool:
+    def store(
+        self, admission: Admission, text: str, carried: dict[str, int], publication: Publication | None = None
+    ) -> bool:
         """Store update ``admission.seq + 1``, clearing the pending changes it ``carried`` and
         writing what it publishes; ``False`` if another worker stored one first (the changes
         stay pending). Raises :class:`ViewsChanged` (nothing stored) if a view was registered
@@ -250,16 +258,31 @@ class FeedStore:
         if publication is None:
             args += ["", "", 0, 0]
         else:
-            args += [publication.summary, publication.system, publication.views_version, int(time.time() * 1000)]
+            args += [
+                publication.summary,
+                publication.system,
+                publication.views_version,
+                int(time.time() * 1000),
+            ]
         args += counted(sorted(carried.items()))
         if publication is not None:
             args += counted((m.name, state_index(m.state), m.row, m.whole) for m in publication.published)
             args += counted((name,) for name in publication.removed)
             args += counted(publication.view_frames.items())
-        verdict = self._store(keys=[
-            keys.STATUS_FEED, keys.STATUS_FEED_PENDING, keys.STATUS_ROWS, keys.STATUS_MACHINES, keys.STATUS_NAMES,
-            keys.STATUS_LAST_VIEWS, keys.STATUS_VIEWS, keys.STATUS_VIEW_DEADLINES, *STATE_KEYS,
-        ], args=args)
+        verdict = self._store(
+            keys=[
+                keys.STATUS_FEED,
+                keys.STATUS_FEED_PENDING,
+                keys.STATUS_ROWS,
+                keys.STATUS_MACHINES,
+                keys.STATUS_NAMES,
+                keys.STATUS_LAST_VIEWS,
+                keys.STATUS_VIEWS,
+                keys.STATUS_VIEW_DEADLINES,
+                *STATE_KEYS,
+            ],
+            args=args,
+        )
         if verdict == -1:
             raise ViewsChanged()
         return bool(verdict)
@@ -270,9 +293,18 @@ class FeedStore:
         args: list = [epoch, seq, summary, system]
         for machine in fleet:
             args += [machine.name, state_index(machine.state), machine.row, machine.whole]
-        return bool(self._seed(keys=[
-            keys.STATUS_FEED, keys.STATUS_ROWS, keys.STATUS_MACHINES, keys.STATUS_NAMES, *STATE_KEYS,
-        ], args=args))
+        return bool(
+            self._seed(
+                keys=[
+                    keys.STATUS_FEED,
+                    keys.STATUS_ROWS,
+                    keys.STATUS_MACHINES,
+                    keys.STATUS_NAMES,
+                    *STATE_KEYS,
+                ],
+                args=args,
+            )
+        )
 
     def index(self) -> FleetIndex:
         """Every published machine's state: the fleet's order, for the views."""
@@ -280,9 +312,9 @@ class FeedStore:
             for key in STATE_KEYS:
                 pipe.zrange(key, 0, -1)
             names_per_state = pipe.execute()
-        return FleetIndex({
-            name.decode(): state for state, names in zip(MACHINE_STATES, names_per_state) for name in names
-        })
+        return FleetIndex(
+            {name.decode(): state for state, names in zip(MACHINE_STATES, names_per_state) for name in names}
+        )
 
     def watched(self) -> tuple[list[StatusView], int]:
         """The views some web process shows, and the registry's version."""

@@ -36,7 +36,15 @@ EXPIRING_STATES = (Machine.State.PENDING, Machine.State.PROVISIONING)
 TOMBSTONE_KEEP = timedelta(hours=1)
 # Names per ``IN (...)``: under every SQLite build's limit on a statement's parameters.
 LOOKUP_CHUNK = 900
-MACHINE_FIELDS = ["state", "progress", "last_report", "report_id", "agent_seq", "agent_sent_at", "late_reports"]
+MACHINE_FIELDS = [
+    "state",
+    "progress",
+    "last_report",
+    "report_id",
+    "agent_seq",
+    "agent_sent_at",
+    "late_reports",
+]
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class Applied:
 def chunks(values: Sequence) -> Iterator[Sequence]:
     """``values`` in slices small enough for one ``IN (...)``."""
     for start in range(0, len(values), LOOKUP_CHUNK):
-        yield values[start:start + LOOKUP_CHUNK]
+        yield values[start : start + LOOKUP_CHUNK]
 
 
 def stored_state(names: Sequence[str]) -> dict[str, Stored]:
@@ -63,8 +71,14 @@ def stored_state(names: Sequence[str]) -> dict[str, Stored]:
         rows = Machine.objects.select_for_update().filter(name__in=chunk).order_by("name")
         for row in rows.values("id", "name", *MACHINE_FIELDS):
             stored[row["name"]] = Stored(
-                row["report_id"], row["id"], row["state"], row["progress"], row["last_report"],
-                row["agent_seq"], row["agent_sent_at"], row["late_reports"],
+                row["report_id"],
+                row["id"],
+                row["state"],
+                row["progress"],
+                row["last_report"],
+                row["agent_seq"],
+                row["agent_sent_at"],
+                row["late_reports"],
             )
     unknown = [name for name in names if name not in stored]
     for chunk in chunks(unknown):
@@ -94,8 +108,16 @@ def machine_row(plan: Plan, percents: dict[int, dict[str, float]], now: datetime
     else:
         state, last_report = plan.state, now
         progress = plan.final_progress(percents.get(base.machine_id, {}) if base else {})
-    return (plan.name, state, progress, db_datetime(last_report), plan.handled_id, plan.seq,
-            db_datetime(plan.sent_at), late_reports)
+    return (
+        plan.name,
+        state,
+        progress,
+        db_datetime(last_report),
+        plan.handled_id,
+        plan.seq,
+        db_datetime(plan.sent_at),
+        late_reports,
+    )
 
 
 def forget(plans: list[Plan], now: datetime) -> None:
@@ -105,23 +127,41 @@ def forget(plans: list[Plan], now: datetime) -> None:
     for chunk in chunks(names):
         Machine.objects.filter(name__in=chunk).delete()
     RemovedMachine.objects.filter(removed_at__lt=now - TOMBSTONE_KEEP).delete()
-    upsert(RemovedMachine, ["name", "report_id", "removed_at"], ["name"], ["report_id", "removed_at"],
-           [(plan.name, plan.removal_id, db_datetime(now)) for plan in plans if plan.removal_id])
+    upsert(
+        RemovedMachine,
+        ["name", "report_id", "removed_at"],
+        ["name"],
+        ["report_id", "removed_at"],
+        [(plan.name, plan.removal_id, db_datetime(now)) for plan in plans if plan.removal_id],
+    )
 
 
 def write(plans: list[Plan], now: datetime) -> None:
     """Upsert the machines of ``plans`` (sorted by name, the order rows are locked in), then
     their packages, each in as few statements as the database takes (``workers/bulk.py``)."""
     percents = stored_percents(plans)
-    upsert(Machine, ["name", *MACHINE_FIELDS], ["name"], MACHINE_FIELDS,
-           [machine_row(plan, percents, now) for plan in plans])
+    upsert(
+        Machine,
+        ["name", *MACHINE_FIELDS],
+        ["name"],
+        MACHINE_FIELDS,
+        [machine_row(plan, percents, now) for plan in plans],
+    )
     ids = {plan.name: plan.base.machine_id for plan in plans if plan.base is not None}
     created = [plan.name for plan in plans if plan.base is None and plan.software]
     for chunk in chunks(created):
         ids.update(Machine.objects.filter(name__in=chunk).values_list("name", "id"))
-    upsert(Software, ["machine", "name", "state", "percent"], ["machine", "name"], ["state", "percent"],
-           [(ids[plan.name], package["name"], package["state"], package["percent"])
-            for plan in plans for package in plan.software.values()])
+    upsert(
+        Software,
+        ["machine", "name", "state", "percent"],
+        ["machine", "name"],
+        ["state", "percent"],
+        [
+            (ids[plan.name], package["name"], package["state"], package["percent"])
+            for plan in plans
+            for package in plan.software.values()
+        ],
+    )
 
 
 @transaction.atomic
@@ -140,19 +180,26 @@ def apply_entries(entries: Iterable[Entry], now: datetime) -> Applied:
     if written:
         write(written, now)
     applied = Applied(
-        reported=sum(plan.state is not None for plan in written), removed=len(removals),
-        late=sum(plan.late for plan in ordered), repeated=sum(plan.repeated for plan in ordered),
+        reported=sum(plan.state is not None for plan in written),
+        removed=len(removals),
+        late=sum(plan.late for plan in ordered),
+        repeated=sum(plan.repeated for plan in ordered),
     )
     if applied.late:
-        log.debug("ignored %d late report(s): %s", applied.late,
-                  ", ".join(f"{plan.name} x{plan.late}" for plan in ordered if plan.late))
+        log.debug(
+            "ignored %d late report(s): %s",
+            applied.late,
+            ", ".join(f"{plan.name} x{plan.late}" for plan in ordered if plan.late),
+        )
     return applied
 
 
 def silent(cutoff: datetime) -> list[str]:
     """Machines still on their way whose last report is older than ``cutoff``."""
     return list(
-        Machine.objects.filter(state__in=EXPIRING_STATES, last_report__lt=cutoff).values_list("name", flat=True)
+        Machine.objects.filter(state__in=EXPIRING_STATES, last_report__lt=cutoff).values_list(
+            "name", flat=True
+        )
     )
 
 
@@ -174,8 +221,14 @@ def machines(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
         rows = list(Machine.objects.order_by("name").values_list(*columns))
         packages = [Software.objects.all()]
     else:
-        rows = sorted((row for chunk in chunks(sorted(set(names)))
-                       for row in Machine.objects.filter(name__in=chunk).values_list(*columns)), key=lambda row: row[1])
+        rows = sorted(
+            (
+                row
+                for chunk in chunks(sorted(set(names)))
+                for row in Machine.objects.filter(name__in=chunk).values_list(*columns)
+            ),
+            key=lambda row: row[1],
+        )
         ids = [row[0] for row in rows]
         packages = [Software.objects.filter(machine_id__in=chunk) for chunk in chunks(ids)]
     software: dict[int, list[dict[str, Any]]] = {row[0]: [] for row in rows}
@@ -184,8 +237,16 @@ def machines(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
         for machine_id, name, state, percent in rows_of_packages:
             if machine_id in software:  # not a machine added since its row was read
                 software[machine_id].append({"name": name, "state": state, "percent": percent})
-    return [{"name": name, "state": state, "progress": progress, "last_report": iso_utc(last_report),
-             "software": software[machine_id]} for machine_id, name, state, progress, last_report in rows]
+    return [
+        {
+            "name": name,
+            "state": state,
+            "progress": progress,
+            "last_report": iso_utc(last_report),
+            "software": software[machine_id],
+        }
+        for machine_id, name, state, progress, last_report in rows
+    ]
 
 
 def summary() -> dict[str, Any]:
@@ -195,5 +256,9 @@ def summary() -> dict[str, Any]:
     for row in Machine.objects.values("state").annotate(count=Count("id")).order_by():
         states[row["state"]] = row["count"]
     totals = Machine.objects.aggregate(mean=Avg("progress"), late=Sum("late_reports"))
-    return {"machines": sum(states.values()), "states": states, "progress": round(totals["mean"] or 0.0, 2),
-            "late_reports": totals["late"] or 0}
+    return {
+        "machines": sum(states.values()),
+        "states": states,
+        "progress": round(totals["mean"] or 0.0, 2),
+        "late_reports": totals["late"] or 0,
+    }

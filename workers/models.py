@@ -85,7 +85,10 @@ class Machine(models.Model):
     progress = models.FloatField(default=0, help_text="Overall progress, 0-100.")
     last_report = models.DateTimeField(null=True, blank=True)
     report_id = models.CharField(
-        max_length=40, blank=True, default="", editable=False,
+        max_length=40,
+        blank=True,
+        default="",
+        editable=False,
         help_text="Reports-stream id of the last report handled; older ones are not handled again.",
     )
     # The agent's own order (docs/protocol.md): a report with a lower seq or an earlier sent_at
@@ -155,13 +158,19 @@ class AgentToken(models.Model):
     ENV_NAME = "env"
 
     name = models.CharField(
-        max_length=64, unique=True,
-        validators=[RegexValidator(
-            r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z", "a token's name is 1-64 letters, digits, '_', '.' or '-'"
-        )],
+        max_length=64,
+        unique=True,
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z",
+                "a token's name is 1-64 letters, digits, '_', '.' or '-'",
+            )
+        ],
         help_text="Shown in logs and metrics: say who holds it and since when, e.g. rack-3-2026-06.",
     )
-    digest = models.CharField(max_length=64, unique=True, editable=False, help_text="SHA-256 of the token, hex.")
+    digest = models.CharField(
+        max_length=64, unique=True, editable=False, help_text="SHA-256 of the token, hex."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
 
@@ -169,7 +178,8 @@ class AgentToken(models.Model):
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(
-                condition=~Q(name="env"), name="agent_token_name_is_not_env",
+                condition=~Q(name="env"),
+                name="agent_token_name_is_not_env",
                 violation_error_message="'env' is FLEET_TOKEN's name: choose another.",
             ),
         ]

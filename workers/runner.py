@@ -34,7 +34,10 @@ log = logging.getLogger("django.channels.worker")
 # and our consumers send through the channel layer, never through ``send``. Only that warning
 # is silenced: one from our own code would still show.
 warnings.filterwarnings(
-    "ignore", message="async_to_sync was passed a non-async-marked callable", category=UserWarning, module="asgiref.sync"
+    "ignore",
+    message="async_to_sync was passed a non-async-marked callable",
+    category=UserWarning,
+    module="asgiref.sync",
 )
 
 # The key under which a message carries the future its consumer resolves once handled
@@ -77,7 +80,13 @@ class ResilientWorker(Worker):
             except Exception as error:  # Redis away, restarting or failing over
                 pause_s = backoff_s(failures)
                 failures += 1
-                log.warning("receiving on %s failed (%s: %s); retrying in %.2f s", channel, type(error).__name__, error, pause_s)
+                log.warning(
+                    "receiving on %s failed (%s: %s); retrying in %.2f s",
+                    channel,
+                    type(error).__name__,
+                    error,
+                    pause_s,
+                )
                 await asyncio.sleep(pause_s)
                 continue
             if failures:

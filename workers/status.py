@@ -35,7 +35,15 @@ from django.utils import timezone
 from project import heartbeats, keys, protocol, redis_connections
 from project.protocol import StatusView
 from project.reportqueue import ReportReader
-from project.statusviews import SNAPSHOT, FleetIndex, Published, snapshot_call, snapshot_from, view_change, view_header
+from project.statusviews import (
+    SNAPSHOT,
+    FleetIndex,
+    Published,
+    snapshot_call,
+    snapshot_from,
+    view_change,
+    view_header,
+)
 
 from . import fleet
 from .base import WorkerConsumer
@@ -98,16 +106,24 @@ class StatusWorker(WorkerConsumer):
             # A backlog of ticks (worker stalled or restarted) must not burst out as updates.
             # One queued while this process was starting is routine, not a warning.
             routine = message["tick_ns"] < self.started_ns
-            log.log(logging.INFO if routine else logging.WARNING, "dropped a tick %.0f ms late", late_ns / 1e6)
+            log.log(
+                logging.INFO if routine else logging.WARNING, "dropped a tick %.0f ms late", late_ns / 1e6
+            )
             return
         admission = self.feed.admit(message.get("token", -1), message["tick_ns"] // 1_000_000)
         if isinstance(admission, str):
             # "repeat" is routine in a handover; the others mean a deposed leader still ticks.
-            log.log(logging.INFO if admission == "repeat" else logging.WARNING,
-                    "refused a tick with token %s: %s", message.get("token"), admission)
+            log.log(
+                logging.INFO if admission == "repeat" else logging.WARNING,
+                "refused a tick with token %s: %s",
+                message.get("token"),
+                admission,
+            )
             return
         if admission.unsent_text is not None:
-            log.warning("sending update %d, which a stopped worker stored but may not have sent", admission.seq)
+            log.warning(
+                "sending update %d, which a stopped worker stored but may not have sent", admission.seq
+            )
             self.broadcast(admission.epoch, admission.seq, admission.unsent_text, admission.unsent_views)
         if not admission.published:
             self.seed(admission.epoch, admission.seq)
@@ -133,27 +149,41 @@ class StatusWorker(WorkerConsumer):
         update = self.store_update(admission, tick, carried)
         self.reports.done(entries)
         if update is None:
-            log.warning("another status worker stored update %d first; these changes go in the next", admission.seq + 1)
+            log.warning(
+                "another status worker stored update %d first; these changes go in the next",
+                admission.seq + 1,
+            )
             return
         self.broadcast(admission.epoch, *update)
 
     # --- the update: the whole fleet's and each view's ---------------------------------
 
-    def store_update(self, admission: Admission, tick: dict[str, Any],
-                     carried: dict[str, int]) -> tuple[int, str, dict[str, str]] | None:
+    def store_update(
+        self, admission: Admission, tick: dict[str, Any], carried: dict[str, int]
+    ) -> tuple[int, str, dict[str, str]] | None:
         """Build update ``seq + 1`` from the ``carried`` changes and store it with what it
         publishes: ``(seq, text, each view's frame by group)``, or ``None`` if another worker
         stored one first."""
         published = [Published.of(machine) for machine in (fleet.machines(carried) if carried else [])]
         removed = sorted(set(carried) - {machine.name for machine in published})
         seq = admission.seq + 1
-        head = {"type": protocol.STATUS_UPDATE, "epoch": admission.epoch, "seq": seq, "ts": now_iso(),
-                "tick_ns": tick["tick_ns"]}
+        head = {
+            "type": protocol.STATUS_UPDATE,
+            "epoch": admission.epoch,
+            "seq": seq,
+            "ts": now_iso(),
+            "tick_ns": tick["tick_ns"],
+        }
         summary, system = orjson.dumps(fleet.summary()), orjson.dumps(self.system)
-        text = protocol.encode({
-            **head, "machines": [orjson.Fragment(machine.whole) for machine in published], "removed": removed,
-            "summary": orjson.Fragment(summary), "system": orjson.Fragment(system),
-        })
+        text = protocol.encode(
+            {
+                **head,
+                "machines": [orjson.Fragment(machine.whole) for machine in published],
+                "removed": removed,
+                "summary": orjson.Fragment(summary),
+                "system": orjson.Fragment(system),
+            }
+        )
         before = self.fleet_index(admission)
         after = before.after(published, removed)
         while True:
@@ -170,20 +200,35 @@ class StatusWorker(WorkerConsumer):
         self.index = ((admission.epoch, seq), after)
         return seq, text, frames
 
-    def view_frames(self, head: dict[str, Any], views: list[StatusView], before: FleetIndex, after: FleetIndex,
-                    published: list[Published], summary: bytes, system: bytes) -> dict[str, str]:
+    def view_frames(
+        self,
+        head: dict[str, Any],
+        views: list[StatusView],
+        before: FleetIndex,
+        after: FleetIndex,
+        published: list[Published],
+        summary: bytes,
+        system: bytes,
+    ) -> dict[str, str]:
         """Each view's update, by group: the rows of its page that changed or came onto it, and
         the names that left it."""
         changed = {machine.name: machine.row for machine in published}
         changes = {view: view_change(view, before, after, changed.keys()) for view in views}
-        entering = sorted({name for change in changes.values() for name in change.shown if name not in changed})
+        entering = sorted(
+            {name for change in changes.values() for name in change.shown if name not in changed}
+        )
         rows = {**self.feed.rows(entering), **changed}
         return {
-            view.group: protocol.encode({
-                **head, "view": view_header(view, change.total),
-                "rows": [orjson.Fragment(rows[name]) for name in change.shown], "removed": change.left,
-                "summary": orjson.Fragment(summary), "system": orjson.Fragment(system),
-            })
+            view.group: protocol.encode(
+                {
+                    **head,
+                    "view": view_header(view, change.total),
+                    "rows": [orjson.Fragment(rows[name]) for name in change.shown],
+                    "removed": change.left,
+                    "summary": orjson.Fragment(summary),
+                    "system": orjson.Fragment(system),
+                }
+            )
             for view, change in changes.items()
         }
 
@@ -205,10 +250,12 @@ class StatusWorker(WorkerConsumer):
         """Send update ``seq`` to the whole fleet's group and to each view's. The channel message
         says which update it is (consumers/status.py drops one a snapshot already covers)."""
         messages = [(protocol.STATUS_GROUP, text), *view_frames.items()]
-        broadcast_encoded([
-            (group, {"type": protocol.STATUS_UPDATE, "text": frame, "epoch": epoch, "seq": seq})
-            for group, frame in messages
-        ])
+        broadcast_encoded(
+            [
+                (group, {"type": protocol.STATUS_UPDATE, "text": frame, "epoch": epoch, "seq": seq})
+                for group, frame in messages
+            ]
+        )
         self.feed.mark_sent(seq)
 
     # --- the snapshot API -------------------------------------------------------------------
@@ -229,4 +276,6 @@ class StatusWorker(WorkerConsumer):
 
     def health_ping(self, message: dict[str, Any]) -> None:
         epoch, _ = self.feed.current()
-        deliver(message["reply_channel"], {"type": protocol.HEALTH_PONG, "epoch": epoch, "worker": self.instance})
+        deliver(
+            message["reply_channel"], {"type": protocol.HEALTH_PONG, "epoch": epoch, "worker": self.instance}
+        )

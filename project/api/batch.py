@@ -58,7 +58,9 @@ async def report_batch(request: HttpRequest) -> HttpResponse:
     except orjson.JSONDecodeError:
         return json_error(400, "invalid_batch", "the batch has errors", errors={"body": ["not valid JSON"]})
     if not isinstance(items, list) or not items:
-        return json_error(400, "invalid_batch", "the batch has errors", errors={"body": [BATCH_RULE + ", not empty"]})
+        return json_error(
+            400, "invalid_batch", "the batch has errors", errors={"body": [BATCH_RULE + ", not empty"]}
+        )
     if len(items) > protocol.REPORT_BATCH_MAX_ITEMS:
         return json_error(413, "too_large", f"a batch is limited to {protocol.REPORT_BATCH_MAX_ITEMS} items")
     good, errors = check_items(items)
@@ -69,7 +71,11 @@ async def report_batch(request: HttpRequest) -> HttpResponse:
         queued = await reportqueue.enqueue_many(redis_client(), good, settings.REPORTS_QUEUE_MAX)
     except redis.RedisError as error:
         log.warning("could not queue a batch of %d reports: %s", len(good), error)
-        return json_error(503, "server_busy", "the report queue is unavailable; retry shortly; nothing was queued")
+        return json_error(
+            503, "server_busy", "the report queue is unavailable; retry shortly; nothing was queued"
+        )
     if queued is None:
-        return json_error(503, "server_busy", "the status workers are behind; retry shortly; nothing was queued")
+        return json_error(
+            503, "server_busy", "the status workers are behind; retry shortly; nothing was queued"
+        )
     return JsonResponse({"status": "accepted", **answer}, status=202)

@@ -41,7 +41,9 @@ async def queue_for_status_workers(kind: str, name: str, report: dict[str, Any] 
 async def machine_report(request: HttpRequest, name: str) -> HttpResponse:
     """``POST /api/machines/<name>/report``: an agent's progress report."""
     declared = request.headers.get("Content-Length", "0")
-    if (declared.isdigit() and int(declared) > protocol.MAX_REPORT_BYTES) or len(request.body) > protocol.MAX_REPORT_BYTES:
+    if (declared.isdigit() and int(declared) > protocol.MAX_REPORT_BYTES) or len(
+        request.body
+    ) > protocol.MAX_REPORT_BYTES:
         return json_error(413, "too_large", f"reports are limited to {protocol.MAX_REPORT_BYTES} bytes")
     try:
         body = orjson.loads(request.body)

@@ -117,11 +117,17 @@ class TokenBook:
         try:
             self.stored = await load_tokens()
         except DatabaseError as error:
-            log.warning("could not reload the agent tokens (%s); judging by %s", error,
-                        "FLEET_TOKEN alone" if self.stored is None else "the last copy")
+            log.warning(
+                "could not reload the agent tokens (%s); judging by %s",
+                error,
+                "FLEET_TOKEN alone" if self.stored is None else "the last copy",
+            )
         took_s = time.monotonic() - self.attempted_at
         if took_s > RELOAD_WAIT_S:
-            log.warning("reloading the agent tokens took %.1f s; requests meanwhile were judged by the last copy", took_s)
+            log.warning(
+                "reloading the agent tokens took %.1f s; requests meanwhile were judged by the last copy",
+                took_s,
+            )
 
     async def judge(self, token: str) -> Verdict:
         stored = await self.current()

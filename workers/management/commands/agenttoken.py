@@ -46,12 +46,14 @@ class Command(BaseCommand):
         if settings.FLEET_TOKEN:
             rows.append((AgentToken.ENV_NAME, "active", "FLEET_TOKEN", ""))
         for token in AgentToken.objects.all():
-            rows.append((
-                token.name,
-                "active" if token.revoked_at is None else "revoked",
-                f"{token.created_at:%Y-%m-%d %H:%M:%S}Z",
-                "" if token.revoked_at is None else f"{token.revoked_at:%Y-%m-%d %H:%M:%S}Z",
-            ))
+            rows.append(
+                (
+                    token.name,
+                    "active" if token.revoked_at is None else "revoked",
+                    f"{token.created_at:%Y-%m-%d %H:%M:%S}Z",
+                    "" if token.revoked_at is None else f"{token.revoked_at:%Y-%m-%d %H:%M:%S}Z",
+                )
+            )
         widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
         for row in rows:
             self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -26,7 +26,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("username", nargs="?", help="asked for when left out")
         parser.add_argument(
-            "--noinput", "--no-input", action="store_false", dest="interactive",
+            "--noinput",
+            "--no-input",
+            action="store_false",
+            dest="interactive",
             help=f"never prompt: the username is required and the password comes from ${PASSWORD_ENV}",
         )
 

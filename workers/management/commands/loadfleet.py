@@ -44,14 +44,28 @@ class Command(BaseCommand):
         states = rng.choices(list(STATE_WEIGHTS), weights=list(STATE_WEIGHTS.values()), k=len(names))
         with transaction.atomic():
             machines = Machine.objects.bulk_create(
-                [Machine(name=name, state=state, progress=100 if state == "ready" else round(rng.uniform(0, 99), 1),
-                         last_report=now) for name, state in zip(names, states)],
+                [
+                    Machine(
+                        name=name,
+                        state=state,
+                        progress=100 if state == "ready" else round(rng.uniform(0, 99), 1),
+                        last_report=now,
+                    )
+                    for name, state in zip(names, states)
+                ],
                 batch_size=BATCH,
             )
             Software.objects.bulk_create(
-                [Software(machine=machine, name=package, state=PACKAGE_STATE[machine.state],
-                          percent=100 if machine.state == "ready" else round(rng.uniform(0, 99), 1))
-                 for machine in machines for package in rng.sample(CATALOG, rng.randint(3, 6))],
+                [
+                    Software(
+                        machine=machine,
+                        name=package,
+                        state=PACKAGE_STATE[machine.state],
+                        percent=100 if machine.state == "ready" else round(rng.uniform(0, 99), 1),
+                    )
+                    for machine in machines
+                    for package in rng.sample(CATALOG, rng.randint(3, 6))
+                ],
                 batch_size=BATCH,
             )
         FeedStore(redis_connections.sync_client()).announce(set(names))

@@ -7,7 +7,9 @@ from workers.runner import ResilientWorker
 
 
 class Command(runworker.Command):
-    help = "Run worker channels: reconnects to Redis by itself, one message in hand per channel, stops cleanly."
+    help = (
+        "Run worker channels: reconnects to Redis by itself, one message in hand per channel, stops cleanly."
+    )
     worker_class = ResilientWorker
 
     def handle(self, *args, **options) -> None:

@@ -22,8 +22,20 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 CATALOG = (
-    "base-os", "kernel-update", "openssh", "chrony", "nginx", "postgresql", "redis",
-    "python3", "node-exporter", "docker", "containerd", "kubelet", "filebeat", "java-17",
+    "base-os",
+    "kernel-update",
+    "openssh",
+    "chrony",
+    "nginx",
+    "postgresql",
+    "redis",
+    "python3",
+    "node-exporter",
+    "docker",
+    "containerd",
+    "kubelet",
+    "filebeat",
+    "java-17",
 )
 
 
@@ -46,7 +58,9 @@ class SimulatedMachine:
             for package in rng.sample(CATALOG, rng.randint(3, 7))
         ]
         fails_at = (rng.randrange(len(packages)), rng.uniform(5, 95)) if rng.random() < fail_rate else None
-        return cls(name, packages, speed=rng.uniform(4, 25), start_after_s=rng.uniform(0, 8), fails_at=fails_at)
+        return cls(
+            name, packages, speed=rng.uniform(4, 25), start_after_s=rng.uniform(0, 8), fails_at=fails_at
+        )
 
     @property
     def finished(self) -> bool:
@@ -113,7 +127,9 @@ class Command(BaseCommand):
                 if options["waves"] == 0 or wave < options["waves"]:
                     time.sleep(10)
 
-    def run_wave(self, machines: list[SimulatedMachine], rng: random.Random, pool: ThreadPoolExecutor) -> None:
+    def run_wave(
+        self, machines: list[SimulatedMachine], rng: random.Random, pool: ThreadPoolExecutor
+    ) -> None:
         started = last = time.monotonic()
         while not all(machine.reported_final for machine in machines):
             time.sleep(0.25)
