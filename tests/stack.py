@@ -59,6 +59,9 @@ class Stack:
             "PORT": str(self.port),
             "REDIS_URL": redis_url,
             "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+            # Each pytest-xdist worker collects into its own directory: two `release`s writing one
+            # tree at once fail on each other's files. Kept between runs, so collecting is quick.
+            "STATIC_ROOT": str(ROOT / "var" / f"test-static-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"),
             **(env or {}),
         }
 
