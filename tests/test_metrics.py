@@ -275,7 +275,13 @@ async def test_worker_messages_and_their_latency_are_counted(stack, session):
         await send_json(chat, {"type": "chat.message", "message": f"m{n}", "client_id": f"w{n}"})
         await recv_json(chat)
     await chat.close()
-    after = scrape(worker)
+    # A message is counted once its handler returns, which is after its broadcast went out: the
+    # client may read the third echo a moment before the worker counts it.
+    after = scrape_until(
+        worker,
+        lambda now: moved(before, now, "fleetchat_worker_messages_total", type="chat.message", outcome="ok") >= 3,
+    )
+    assert after, "the three messages were not all counted"
     assert moved(before, after, "fleetchat_worker_messages_total", type="chat.join", outcome="ok") == 1
     assert moved(before, after, "fleetchat_worker_messages_total", type="chat.message", outcome="ok") == 3
     assert moved(before, after, "fleetchat_worker_handler_seconds_count", type="chat.message") == 3
