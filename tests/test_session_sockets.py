@@ -24,10 +24,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from project import heartbeats, protocol
+from project import protocol
 from project.socket_auth import ended_sessions
 
 from .conftest import make_stack
@@ -115,40 +114,35 @@ def web_workers(stack: Stack) -> list[psutil.Process]:
     return [child for child in master.children() if "spawn_main" in " ".join(child.cmdline())]
 
 
-def open_sockets_by_worker(stack: Stack) -> dict[int, int]:
-    """Open sockets per web worker's pid, as each publishes them every second."""
-    client = redis.Redis.from_url(stack.env["REDIS_URL"])
-    try:
-        keys = client.keys(f"{heartbeats.WEB_CONNECTIONS_PREFIX}*")
-        return {int(key.rsplit(b":", 1)[1]): int(client.get(key) or 0) for key in keys}
-    finally:
-        client.close()
+def holder(workers: list[psutil.Process], ws) -> int | None:
+    """The pid of the web worker holding ``ws``'s connection (by the client's port)."""
+    port = ws.transport.get_extra_info("sockname")[1]
+    for worker in workers:
+        if any(conn.raddr and conn.raddr.port == port for conn in worker.net_connections(kind="tcp")):
+            return worker.pid
+    return None
 
 
 async def open_on_every_worker(stack: Stack, session: str, paths: list[str]) -> list:
     """A socket of ``session`` to each of ``paths`` on each uvicorn worker. The kernel hands a
     connection to whichever worker accepts first, often the same one many times over; so while
-    the sockets for one worker open, the others are paused (SIGSTOP) and cannot accept."""
+    the sockets for one worker open, the others are paused (SIGSTOP) and cannot accept. Which
+    worker holds each socket is read from the kernel's connection table, not from the workers'
+    published counts, which lag (and move with other tests' sockets closing meanwhile)."""
     workers = web_workers(stack)
     assert len(workers) == 2, workers
-    await asyncio.sleep(1.2)  # counts published since the last socket opened or closed
-    before = open_sockets_by_worker(stack)
     sockets = []
     for worker in workers:
         paused = [other for other in workers if other.pid != worker.pid]
         for other in paused:
             other.suspend()
         try:
-            sockets += await asyncio.gather(*(stack.connect(path, session) for path in paths))
+            opened = await asyncio.gather(*(stack.connect(path, session) for path in paths))
         finally:
             for other in paused:
                 other.resume()
-    await asyncio.sleep(1.2)
-    after = open_sockets_by_worker(stack)
-    assert all(after.get(worker.pid, 0) - before.get(worker.pid, 0) == len(paths) for worker in workers), (
-        before,
-        after,
-    )
+        assert [holder(workers, ws) for ws in opened] == [worker.pid] * len(paths)
+        sockets += opened
     return sockets
 
 
