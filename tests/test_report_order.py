@@ -49,18 +49,7 @@ def machine(name: str) -> Machine:
 
 def fleet_state() -> tuple[list[tuple], list[tuple], list[tuple]]:
     """Every machine, package and tombstone, as comparable rows."""
-    machines = list(
-        Machine.objects.order_by("name").values_list(
-            "name",
-            "state",
-            "progress",
-            "last_report",
-            "report_id",
-            "agent_seq",
-            "agent_sent_at",
-            "late_reports",
-        )
-    )
+    machines = list(Machine.objects.order_by("name").values_list("name", *fleet.MACHINE_FIELDS))
     packages = list(
         Software.objects.order_by("machine__name", "name").values_list(
             "machine__name", "name", "state", "percent"
