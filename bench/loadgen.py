@@ -255,7 +255,7 @@ async def run_clients(options: dict) -> dict:
 
 
 def client_process(options: dict, queue: multiprocessing.Queue) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         import uvloop

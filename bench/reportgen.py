@@ -30,7 +30,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import LOOPBACK, percentile  # noqa: E402
+from bench.loadgen import LOOPBACK, percentile
 
 PACKAGES = ("base-os", "openssh", "chrony", "nginx", "node-exporter")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib.metadata import version
 from pathlib import Path
 
@@ -149,10 +150,8 @@ class Monitor:
             for name, process in self.processes.items():
                 rss = 0
                 for member in self.family(process):
-                    try:
+                    with suppress(psutil.Error):
                         rss += member.memory_info().rss
-                    except psutil.Error:
-                        pass
                 self.peak_rss[name] = max(self.peak_rss[name], rss)
 
     @staticmethod
@@ -188,7 +187,7 @@ class Monitor:
 
 
 def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -485,7 +484,7 @@ def web_rss(stack: Stack) -> int:
 
 def idle_memory(clients: int, processes: int) -> dict:
     """Web RSS before and with ``clients`` idle status sockets open."""
-    with private_redis() as (redis_server, url), our_stack(url) as stack:
+    with private_redis() as (_, url), our_stack(url) as stack:
         before = web_rss(stack)
         result: dict = {}
 
@@ -521,7 +520,7 @@ def stalled_client(seconds: float, **env: str) -> dict:
     """
     import socket
 
-    with private_redis() as (redis_server, url), our_stack(url, **env) as stack, simulated_fleet(stack, 200):
+    with private_redis() as (_, url), our_stack(url, **env) as stack, simulated_fleet(stack, 200):
         raw = socket.create_connection(("127.0.0.1", stack.port))
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         raw.sendall(
@@ -612,7 +611,7 @@ def dashboard_books(watch: StreamWatch, since: float) -> dict:
         "resyncs": books.pop("resyncs_sent"),
         **books,
         "ticks_without_update": sum(
-            max(later - earlier - 1, 0) for earlier, later in zip(ticks_s, ticks_s[1:])
+            max(later - earlier - 1, 0) for earlier, later in itertools.pairwise(ticks_s)
         ),
     }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -65,7 +66,7 @@ def main() -> None:
         [sys.executable, "manage.py", "runscheduler"],
         cwd=ROOT,
         env=os.environ,
-        stdout=open(workdir / "scheduler.log", "wb"),
+        stdout=open(workdir / "scheduler.log", "wb"),  # noqa: SIM115 (the child keeps it open)
         stderr=subprocess.STDOUT,
     )
     try:
@@ -87,7 +88,7 @@ def main() -> None:
         "python": platform.python_version(),
         "seconds": args.seconds,
         "ticks": len(ticks),
-        "seq_gaps": sum(1 for a, b in zip(seqs, seqs[1:]) if b != a + 1),
+        "seq_gaps": sum(1 for a, b in itertools.pairwise(seqs) if b != a + 1),
         "boundaries_not_on_second": sum(1 for t in ticks if t["tick_ns"] % 1_000_000_000),
         "sent_after_boundary_ms": {
             "min": min(sent_ms),

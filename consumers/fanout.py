@@ -20,6 +20,7 @@ client is not reading, and one stalled dashboard would otherwise hold up the who
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -110,10 +111,8 @@ class GroupFanout:
         failures = 0
         while self.groups or self.stale:
             if not failures:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.rejoin_now.wait(), GROUP_REFRESH_S)
-                except TimeoutError:
-                    pass
             self.rejoin_now.clear()
             try:
                 for group in list(self.groups.values()):

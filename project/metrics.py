@@ -310,7 +310,7 @@ class QueueCollector:
             "Messages waiting in a worker channel of the channel layer",
             labels=["channel"],
         )
-        for channel, depth in zip(protocol.WORKER_CHANNELS, depths):
+        for channel, depth in zip(protocol.WORKER_CHANNELS, depths, strict=True):
             channels.add_metric([channel], depth)
         yield channels
         yield GaugeMetricFamily(

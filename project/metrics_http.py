@@ -21,9 +21,11 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import orjson
 from django.conf import settings
 
-from . import metrics  # noqa: F401, I001  first: it chooses prometheus_client's mode before it loads
-from prometheus_client import REGISTRY  # noqa: E402
-from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app  # noqa: E402
+# isort: off
+from . import metrics  # noqa: F401  first: it chooses prometheus_client's mode before it loads
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+# isort: on
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ the rest of the code reads ``django.conf.settings``. Development gets safe defau
 production (``DJANGO_DEBUG=0``) fails fast when a secret is missing.
 """
 
-from datetime import timedelta
-from pathlib import Path
-from urllib.parse import urlparse
 import ipaddress
 import os
 import socket
 import tempfile
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlparse
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured

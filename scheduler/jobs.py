@@ -17,7 +17,7 @@ class Job(Protocol):
     name: str
     every_s: int
 
-    async def run(self, scheduler: "Scheduler", tick: Tick, token: int) -> None: ...
+    async def run(self, scheduler: Scheduler, tick: Tick, token: int) -> None: ...
 
 
 class Heartbeat:
@@ -26,7 +26,7 @@ class Heartbeat:
     name = "heartbeat"
     every_s = 1
 
-    async def run(self, scheduler: "Scheduler", tick: Tick, token: int) -> None:
+    async def run(self, scheduler: Scheduler, tick: Tick, token: int) -> None:
         lag_ms = (time.time_ns() - tick.tick_ns) / 1e6
         await scheduler.beat(
             tick_ns=tick.tick_ns, lag_ms=round(lag_ms, 3), leader=scheduler.instance, token=token
@@ -42,7 +42,7 @@ class StatusTick:
     name = "status-tick"
     every_s = 1
 
-    async def run(self, scheduler: "Scheduler", tick: Tick, token: int) -> None:
+    async def run(self, scheduler: Scheduler, tick: Tick, token: int) -> None:
         await scheduler.send(
             protocol.STATUS_WORKER,
             {
@@ -61,7 +61,7 @@ class ChatPositions:
     name = "chat-positions"
     every_s = protocol.POSITION_EVERY_S
 
-    async def run(self, scheduler: "Scheduler", tick: Tick, token: int) -> None:
+    async def run(self, scheduler: Scheduler, tick: Tick, token: int) -> None:
         await scheduler.send(protocol.CHAT_WORKER, {"type": protocol.CHAT_POSITIONS})
 
 

@@ -12,6 +12,7 @@ SIGTERM or SIGINT sets a flag; the loop finishes the tick it is on, hands the le
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -52,7 +53,7 @@ class Scheduler:
         self.lead_valid_until = 0.0
 
     @classmethod
-    def from_settings(cls) -> "Scheduler":
+    def from_settings(cls) -> Scheduler:
         return cls(default_jobs(), settings.SCHEDULER_LEASE_TTL_MS)
 
     def run(self) -> None:
@@ -106,10 +107,8 @@ class Scheduler:
                 log.warning("lease %d lapsed before it could be renewed; standing by", self.lease.token)
                 self.lease.token = None
             pause_s = self.renew_every_s if self.lease.token is not None else STANDBY_POLL_S
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.should_exit.wait(), pause_s)
-            except TimeoutError:
-                pass
 
     async def hold_or_take_lease(self, started: float) -> None:
         if self.lease.token is None:

@@ -9,13 +9,15 @@ every message with its arrival time, so a test can say what was lost, doubled or
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -63,7 +65,7 @@ class ChatClient:
             except ConnectionClosed as closed:
                 self.closes.append(closed.rcvd.code if closed.rcvd else None)
                 self.closed_at.append(time.monotonic())
-            except (OSError, InvalidHandshake, InvalidStatus, asyncio.TimeoutError):
+            except (TimeoutError, OSError, InvalidHandshake, InvalidStatus):
                 pass
             self.ws = None
             failures += 1
@@ -123,12 +125,10 @@ class ChatClient:
         if entry is None or self.ws is None:
             return
         entry["sent_at"] = time.monotonic()
-        try:
+        with contextlib.suppress(ConnectionClosed):  # sent again after the reconnect
             await self.ws.send(
                 json.dumps({"type": "chat.message", "message": entry["text"], "client_id": client_id})
             )
-        except ConnectionClosed:
-            pass  # sent again after the reconnect
 
     async def resend_forever(self) -> None:
         while True:
@@ -145,7 +145,7 @@ class ChatClient:
 
     def longest_gap_s(self, since: float, until: float) -> float:
         moments = [since] + [at for at, _ in self.arrivals if since <= at <= until] + [until]
-        return max(later - earlier for earlier, later in zip(moments, moments[1:]))
+        return max(later - earlier for earlier, later in itertools.pairwise(moments))
 
     def first_after(self, moment: float) -> float | None:
         later = [at for at, _ in self.arrivals if at > moment]

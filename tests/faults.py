@@ -9,6 +9,7 @@ keeps every frame with its arrival time; :func:`leader` says which process holds
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -59,16 +60,16 @@ class StreamWatch:
         seqs = [f["seq"] for _, f in updates]
         ticks = [f["tick_ns"] for _, f in updates]
         arrivals = [at for at, _ in updates]
-        gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
         distinct = sorted(set(seqs))
         return {
             "updates": len(updates),
             "seconds": round(until - since, 3),
             "updates_per_s": round(len(updates) / max(until - since, 1e-9), 3),
             "epochs": sorted({f["epoch"] for _, f in updates}),
-            "missed_seq": sum(later - earlier - 1 for earlier, later in zip(distinct, distinct[1:])),
+            "missed_seq": sum(later - earlier - 1 for earlier, later in itertools.pairwise(distinct)),
             "repeated_seq": len(seqs) - len(distinct),
-            "ticks_out_of_order": sum(1 for earlier, later in zip(ticks, ticks[1:]) if later <= earlier),
+            "ticks_out_of_order": sum(1 for earlier, later in itertools.pairwise(ticks) if later <= earlier),
             "worst_gap_s": round(max(gaps, default=0.0), 3),
             "resyncs_sent": sum(1 for at in self.resyncs_at if since <= at <= until),
         }

@@ -18,6 +18,7 @@ why not when something is missing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -78,10 +79,8 @@ def remove_leftovers() -> None:
 def kill_everything_in(namespace: str) -> None:
     pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def enter(namespace: str) -> None:
@@ -203,16 +202,12 @@ class Network:
         deadline = time.monotonic() + 5
         for host in self.hosts.values():
             for process in host.processes:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
         for namespace in [host.namespace for host in self.hosts.values()] + [self.switch]:
             kill_everything_in(namespace)  # children the programs started, and the stubborn
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
         for host in self.hosts.values():
             for process in host.processes:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass

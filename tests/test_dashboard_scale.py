@@ -121,7 +121,7 @@ def dashboard_stats(page) -> dict:
     return page.evaluate("() => ({...window.fleetDashboard.stats})")
 
 
-def test_the_dashboard_with_10000_machines_paints_fast_and_keeps_up(browser, stack, session):  # noqa: F811
+def test_the_dashboard_with_10000_machines_paints_fast_and_keeps_up(browser, stack, session):
     with FirstPageReports(stack) as reports:
         context = browser.new_context(viewport={"width": 1280, "height": 860})
         csp.watch(context)
@@ -158,7 +158,7 @@ def test_the_dashboard_with_10000_machines_paints_fast_and_keeps_up(browser, sta
     assert max(sizes["status.snapshot"]) < 100_000  # a page of the fleet, not the fleet
 
 
-def test_filters_and_pages_go_through_the_view(browser, stack, session):  # noqa: F811
+def test_filters_and_pages_go_through_the_view(browser, stack, session):
     page = open_page(browser, stack, session, "/dashboard/")
     live(page)
     page.locator(".machine[data-name='node-00100']").wait_for()

@@ -21,11 +21,10 @@ import psutil
 import psycopg
 import pytest
 from django.db import connection, transaction
+from websockets.exceptions import InvalidStatus
 
 from project.reportqueue import REPORT, Entry
 from project.reports import check_report
-
-from websockets.exceptions import InvalidStatus
 
 from . import pg
 from .conftest import make_stack

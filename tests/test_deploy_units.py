@@ -49,7 +49,7 @@ def test_each_unit_runs_its_procfile_entry(tmp_path, entry, env_file):
     shell_env = {"PATH": SYSTEMD_PATH} if env_file == "empty" else unit.env
     expected = procfile_argv(entry, shell_env)
     assert len(unit.commands) == len(expected), (unit.commands, expected)
-    for command, procfile_command in zip(unit.commands, expected):
+    for command, procfile_command in zip(unit.commands, expected, strict=True):
         assert command[0] == str(ROOT / ".venv" / "bin" / procfile_command[0])
         assert command[1:] == procfile_command[1:]
     assert unit.cwd == ROOT

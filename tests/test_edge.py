@@ -101,7 +101,7 @@ async def probe(
         while (left_s := start + wait_s - loop.time()) > 0:
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), min(left_s, 1))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if trickle:
                     writer.write(b"x")
                 continue

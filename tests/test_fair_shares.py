@@ -219,7 +219,7 @@ class TestManySocketsCloseAtOnce:
         )
         try:
             sockets = []
-            for start in range(0, self.SOCKETS, 50):
+            for _ in range(0, self.SOCKETS, 50):
                 sockets += await asyncio.gather(*(stack.connect("/ws/status/", session) for _ in range(50)))
             assert client.zcard(places) == self.SOCKETS, client.keys(keys.USER_SOCKETS + "*")
 

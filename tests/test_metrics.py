@@ -279,7 +279,9 @@ async def test_worker_messages_and_their_latency_are_counted(stack, session):
     # client may read the third echo a moment before the worker counts it.
     after = scrape_until(
         worker,
-        lambda now: moved(before, now, "fleetchat_worker_messages_total", type="chat.message", outcome="ok") >= 3,
+        lambda now: (
+            moved(before, now, "fleetchat_worker_messages_total", type="chat.message", outcome="ok") >= 3
+        ),
     )
     assert after, "the three messages were not all counted"
     assert moved(before, after, "fleetchat_worker_messages_total", type="chat.join", outcome="ok") == 1

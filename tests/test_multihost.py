@@ -231,7 +231,7 @@ class Dashboard:
                     await self.watch.follow(ws)
             except ConnectionClosed as closed:
                 self.closes.append((time.monotonic(), closed.rcvd.code if closed.rcvd else None))
-            except (OSError, InvalidHandshake, InvalidStatus, asyncio.TimeoutError):
+            except (TimeoutError, OSError, InvalidHandshake, InvalidStatus):
                 pass
             await asyncio.sleep(random.uniform(0.2, 1.0))
 

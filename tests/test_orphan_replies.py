@@ -16,8 +16,7 @@ import psutil
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from project import orphans
-from project import protocol
+from project import orphans, protocol
 
 from .conftest import make_stack
 from .stack import Stack

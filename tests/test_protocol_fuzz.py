@@ -21,7 +21,8 @@ from project import protocol
 from project.protocol import ProtocolError
 
 CLIENT_TYPES = (protocol.CHAT_CLIENT_TYPES, protocol.STATUS_CLIENT_TYPES)
-KNOWN_TYPES = sorted(protocol.CHAT_CLIENT_TYPES | protocol.STATUS_CLIENT_TYPES) + [
+KNOWN_TYPES = [
+    *sorted(protocol.CHAT_CLIENT_TYPES | protocol.STATUS_CLIENT_TYPES),
     protocol.CHAT_JOIN,
     protocol.STATUS_JOIN,
     protocol.ERROR,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 import urllib.error
 import urllib.request
+import uuid
 
 import pytest
 

@@ -224,7 +224,9 @@ class FeedStore:
         if verdict[0] != b"ok":
             return verdict[0].decode()
         _, epoch, seq, published, unsent, *views = verdict
-        unsent_views = {group.decode(): text.decode() for group, text in zip(views[::2], views[1::2])}
+        unsent_views = {
+            group.decode(): text.decode() for group, text in zip(views[::2], views[1::2], strict=True)
+        }
         return Admission(
             epoch.decode(), int(seq), unsent.decode() if unsent else None, bool(published), unsent_views
         )
@@ -245,7 +247,7 @@ class FeedStore:
         with self.client.pipeline(transaction=False) as pipe:
             for name in ordered:
                 pipe.hincrby(keys.STATUS_FEED_PENDING, name, 1)
-            return dict(zip(ordered, pipe.execute()))
+            return dict(zip(ordered, pipe.execute(), strict=True))
 
     def store(
         self, admission: Admission, text: str, carried: dict[str, int], publication: Publication | None = None
@@ -313,7 +315,11 @@ class FeedStore:
                 pipe.zrange(key, 0, -1)
             names_per_state = pipe.execute()
         return FleetIndex(
-            {name.decode(): state for state, names in zip(MACHINE_STATES, names_per_state) for name in names}
+            {
+                name.decode(): state
+                for state, names in zip(MACHINE_STATES, names_per_state, strict=True)
+                for name in names
+            }
         )
 
     def watched(self) -> tuple[list[StatusView], int]:
@@ -326,7 +332,7 @@ class FeedStore:
 
     def rows(self, names: list[str]) -> dict[str, bytes]:
         """Published compact rows of ``names``."""
-        return dict(zip(names, self.client.hmget(keys.STATUS_ROWS, names))) if names else {}
+        return dict(zip(names, self.client.hmget(keys.STATUS_ROWS, names), strict=True)) if names else {}
 
     def mark_sent(self, seq: int) -> None:
         self._mark_sent(keys=[keys.STATUS_FEED], args=[seq])

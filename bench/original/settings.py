@@ -1,7 +1,7 @@
 """The seed's settings: our project's, with the channel layer as the blog post configured it
 (channels-redis defaults: capacity 100, redis-py's default pool)."""
 
-from project.settings import *  # noqa: F401,F403
+from project.settings import *  # noqa: F403
 from project.settings import REDIS_URL
 
 CHANNEL_LAYERS = {

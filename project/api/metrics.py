@@ -9,10 +9,12 @@ from pathlib import Path
 import psutil
 from django.http import HttpRequest, HttpResponse
 
-from project import metrics  # noqa: I001  first: it chooses prometheus_client's mode before it loads
+# isort: off
+from project import metrics  # first: it chooses prometheus_client's mode before it loads
 from project.metrics_http import challenge, refusal
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess  # noqa: E402
-from prometheus_client.exposition import CONTENT_TYPE_LATEST  # noqa: E402
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+# isort: on
 
 from .errors import json_error
 

@@ -56,7 +56,9 @@ class Command(BaseCommand):
             )
         widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
         for row in rows:
-            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            self.stdout.write(
+                "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            )
 
     def revoke(self, name: str, **options) -> None:
         if name == AgentToken.ENV_NAME:

@@ -51,7 +51,7 @@ class Command(BaseCommand):
                         progress=100 if state == "ready" else round(rng.uniform(0, 99), 1),
                         last_report=now,
                     )
-                    for name, state in zip(names, states)
+                    for name, state in zip(names, states, strict=True)
                 ],
                 batch_size=BATCH,
             )

@@ -52,7 +52,7 @@ class SimulatedMachine:
     started_at: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def random(cls, name: str, rng: random.Random, fail_rate: float) -> "SimulatedMachine":
+    def random(cls, name: str, rng: random.Random, fail_rate: float) -> SimulatedMachine:
         packages = [
             {"name": package, "state": "queued", "percent": 0.0}
             for package in rng.sample(CATALOG, rng.randint(3, 7))
