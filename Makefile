@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 PORT ?= 8000
 export PORT
 
-.PHONY: install run migrate test bench demo front user admin clean
+.PHONY: install run migrate check test bench demo front user admin clean
 
 install: $(VENV)/.installed
 
@@ -44,7 +44,14 @@ TEST_WORKERS ?= 2
 PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 PG_TESTS ?= tests/test_database.py tests/test_workers.py tests/test_status_worker.py tests/test_socket_auth.py \
 	tests/test_chat_integration.py tests/test_status_integration.py
-test: install
+# Lint, formatting and types ([tool.ruff] and [tool.mypy] in pyproject.toml): seconds, so first.
+# `ruff format .` fixes the formatting; `ruff check --fix .` what it can of the rest.
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install check
 	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 	@if $(PY) -m tests.pg; then \
 	  echo "--- again on PostgreSQL: $(PG_TESTS)"; \

@@ -88,7 +88,8 @@ class GroupFanout:
         group.sockets.discard(consumer)
         if not group.sockets and group.ready.is_set():
             del self.groups[name]
-            group.task.cancel()
+            if group.task is not None:
+                group.task.cancel()
             orphans.forget(self.layer, group.channel)  # a broadcast already on its way
             try:
                 await self.layer.group_discard(name, group.channel)

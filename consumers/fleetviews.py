@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 
@@ -134,8 +134,10 @@ class FleetViews:
             and time.monotonic() - self.registered_at.get(view, -REGISTERED_FOR_S) >= REGISTERED_FOR_S
         ):
             await self.register([view])
-        epoch, seq, published = await self.redis().hmget(keys.STATUS_FEED, "epoch", "seq", "published")
-        if epoch is None or published != epoch + b" " + seq:
+        epoch, seq, published = cast(
+            list[bytes | None], await self.redis().hmget(keys.STATUS_FEED, "epoch", "seq", "published")
+        )
+        if epoch is None or seq is None or published != epoch + b" " + seq:
             return None
         position = (epoch.decode(), int(seq))
         known = self.snapshots.get(view)

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import redis.asyncio as redis
@@ -61,7 +62,7 @@ class TokenBucket:
 class FrameLimits:
     """One socket's buckets, one per limited frame type (``protocol.EDGE_LIMITED``)."""
 
-    def __init__(self, classes: dict[str, str], limits: dict[str, tuple[float, float]]) -> None:
+    def __init__(self, classes: Mapping[str, str], limits: Mapping[str, tuple[float, float]]) -> None:
         self.buckets = {frame_type: TokenBucket(*limits[kind]) for frame_type, kind in classes.items()}
 
     def take(self, frame_type: str) -> float | None:

@@ -82,7 +82,8 @@ class SessionWatch:
 
     async def session_ended(self, message: dict[str, Any]) -> None:
         """A logout on some web process (``protocol.SESSION_END``, through the fan-out)."""
-        key = self.keys.get(message.get("session"))
+        session = message.get("session")
+        key = self.keys.get(session) if isinstance(session, str) else None
         if key is not None:
             self.end(key)
 

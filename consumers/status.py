@@ -48,6 +48,7 @@ class StatusConsumer(RelayConsumer):
             metrics.handshake(self.worker_channel, metrics.UNAUTHENTICATED)
             await self.close()
             return
+        refusal: ProtocolError | None
         try:
             self.view = protocol.status_view_from_query(self.scope.get("query_string", b""))
         except ProtocolError as error:  # said once the socket is open; it shows page 1 meanwhile

@@ -57,13 +57,14 @@ def family_dir() -> Path | None:
     here (runworker, runscheduler, manage.py, tests, uvicorn with one worker) has no such parent.
     """
     parent = multiprocessing.parent_process()
-    started = None if parent is None else start_ms(parent.pid)
+    parent_pid = None if parent is None else parent.pid
+    started = None if parent_pid is None else start_ms(parent_pid)
     if started is None:
         return None
     base = Path(settings.PROMETHEUS_MULTIPROC_DIR)
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     remove_stale_families(base)
-    family = base / f"web-{parent.pid}-{started}"
+    family = base / f"web-{parent_pid}-{started}"
     family.mkdir(exist_ok=True)
     return family
 
@@ -279,7 +280,7 @@ class LeaseCollector:
         yield GaugeMetricFamily(
             "fleetchat_scheduler_fencing_token",
             "The fencing token of the lease this scheduler holds (0: standing by)",
-            value=lease.token if leads else 0,
+            value=(lease.token or 0) if lease is not None and leads else 0,
         )
 
 
@@ -292,7 +293,7 @@ class QueueCollector:
         return []
 
     def collect(self):
-        prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+        prefix = settings.CHANNEL_LAYER_PREFIX
         client = redis_connections.sync_client(socket_timeout=0.5, socket_connect_timeout=0.5)
         try:
             with client.pipeline(transaction=False) as pipe:

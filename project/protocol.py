@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 from urllib.parse import parse_qs
 
 import orjson
@@ -230,6 +230,12 @@ class ProtocolError(Exception):
 # --- Timestamps ----------------------------------------------------------------------------
 
 
+@overload
+def iso_utc(moment: datetime) -> str: ...
+@overload
+def iso_utc(moment: None) -> None: ...
+@overload
+def iso_utc(moment: datetime | None) -> str | None: ...
 def iso_utc(moment: datetime | None) -> str | None:
     """Timestamps on the wire: ISO-8601, UTC, milliseconds, ``Z``."""
     if moment is None:

@@ -102,7 +102,7 @@ class ReportReader:
         )[1]
         if claimed:
             log.warning("claimed %d report(s) a stopped status worker left unapplied", len(claimed))
-        fresh = self.client.xreadgroup(
+        fresh: list[Any] = self.client.xreadgroup(  # type: ignore[assignment]  # [(stream, [(id, fields)])]
             keys.REPORTS_GROUP, self.consumer, {keys.REPORTS_STREAM: ">"}, count=self.batch_max
         )
         raw = list(claimed) + [item for _, items in fresh for item in items]

@@ -134,7 +134,7 @@ def check_report(name: str, body: Any) -> dict[str, Any]:
             packages.append({"name": package_name, "state": entry.get("state"), "percent": percent})
 
     # Only given ones travel: a report without them is ordered by its arrival, as before.
-    order = {}
+    order: dict[str, Any] = {}
     if body.get("seq") is not None:
         order["seq"] = _check_seq(body["seq"], errors)
     if body.get("sent_at") is not None:
@@ -154,7 +154,8 @@ def check_batch_item(item: Any) -> tuple[str, dict[str, Any]]:
     unknown = sorted(set(item) - ITEM_FIELDS)
     if unknown:
         errors.add("item", f"unknown field(s): {', '.join(unknown)}")
-    name = item.get("name") if isinstance(item.get("name"), str) else ""  # "" is refused by name
+    given_name = item.get("name")
+    name = given_name if isinstance(given_name, str) else ""  # "" is refused by name
     try:
         report = check_report(name, item.get("report"))
     except ReportErrors as invalid:

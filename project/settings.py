@@ -11,6 +11,7 @@ import socket
 import tempfile
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import dj_database_url
@@ -119,7 +120,7 @@ TEMPLATES = [
 # --- Database (docs/operations.md "The database") ------------------------------------------
 
 
-def database_settings(url: str, conn_max_age: int) -> dict:
+def database_settings(url: str, conn_max_age: int) -> dj_database_url.DBConfig:
     """``DATABASES["default"]`` for a ``DATABASE_URL`` (the tests build theirs with this too)."""
     database = dj_database_url.parse(url, conn_max_age=conn_max_age, conn_health_checks=True)
     if database["ENGINE"] == "django.db.backends.sqlite3":
@@ -332,12 +333,14 @@ if REDIS_SENTINELS:
     )
 else:
     REDIS_LAYER_HOST["address"] = REDIS_URL
-CHANNEL_LAYERS = {
+# Every key the channel layer writes in Redis starts with this (the metrics read its queues).
+CHANNEL_LAYER_PREFIX = "fleetchat"
+CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_LAYER_HOST],
-            "prefix": "fleetchat",
+            "prefix": CHANNEL_LAYER_PREFIX,
             "capacity": CHANNEL_CAPACITY,
             "channel_capacity": {"specific.*": PROCESS_CHANNEL_CAPACITY},
             "expiry": 60,
@@ -364,7 +367,7 @@ if GROUP_LAYER == "pubsub":
                     if not key.startswith(("max_", "socket_"))
                 }
             ],
-            "prefix": "fleetchat",
+            "prefix": CHANNEL_LAYER_PREFIX,
         },
     }
 

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 def user_of_session(session_key: str | None):
     """The user logged in under ``session_key``, or ``AnonymousUser``."""
     session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    return get_user(SimpleNamespace(session=session))
+    return get_user(SimpleNamespace(session=session))  # type: ignore[arg-type]  # it reads only .session
 
 
 def session_key_of(scope: dict[str, Any]) -> str | None:

@@ -132,11 +132,12 @@ class Scheduler:
             if tick is None:
                 return
             expected_ns = tick.tick_ns + self.period_ns
-            if not self.leads():
+            token = self.lease.token
+            if token is None or not self.leads():
                 continue  # standing by: keep time, send nothing
             if tick.skipped:
                 log.warning("scheduler was late; skipped %d tick(s)", tick.skipped)
-            await self.on_tick(tick, self.lease.token)
+            await self.on_tick(tick, token)
 
     async def wait_for(self, expected_ns: int) -> Tick | None:
         """Sleep until the boundary ``expected_ns``, a shutdown (``None``) or taking the lead.

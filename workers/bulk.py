@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import Model
+from django.db.models import Field, Model
 
 # Parameters per statement: SQLite's historical limit (newer builds allow 32,766), under
 # PostgreSQL's 65,535.
@@ -40,7 +40,7 @@ def upsert(
     if not rows:
         return
     quote = connection.ops.quote_name
-    column = {name: quote(model._meta.get_field(name).column) for name in {*fields, *unique, *update}}
+    column = {name: quote(column_of(model, name)) for name in {*fields, *unique, *update}}
     head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(column[name] for name in fields)}) VALUES "
     tail = f" ON CONFLICT ({', '.join(column[name] for name in unique)}) DO UPDATE SET " + ", ".join(
         f"{column[name]} = excluded.{column[name]}" for name in update
@@ -54,3 +54,11 @@ def upsert(
                 head + ", ".join([placeholders] * len(chunk)) + tail,
                 [value for row in chunk for value in row],
             )
+
+
+def column_of(model: type[Model], name: str) -> str:
+    """The database column of ``model``'s concrete field ``name``."""
+    field = model._meta.get_field(name)
+    if not isinstance(field, Field) or not field.column:
+        raise ValueError(f"{model.__name__}.{name} is not a concrete field")
+    return field.column

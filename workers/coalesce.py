@@ -119,8 +119,9 @@ def fold(entries: Iterable[Entry], stored: dict[str, Stored]) -> dict[str, Plan]
         plan.handled_id = entry.id
         if entry.kind == REMOVE:
             plan.remove(entry.id)
-        elif entry.kind == REPORT and plan.is_late(entry.report):
-            plan.late += 1
-        elif entry.kind == REPORT:
-            plan.apply(entry.report)
+        elif entry.kind == REPORT and entry.report is not None:
+            if plan.is_late(entry.report):
+                plan.late += 1
+            else:
+                plan.apply(entry.report)
     return plans

@@ -36,6 +36,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 
@@ -235,7 +236,9 @@ class FeedStore:
         """Machines announced as changing that no stored update has carried yet, with versions."""
         return {
             name.decode(): int(version)
-            for name, version in self.client.hgetall(keys.STATUS_FEED_PENDING).items()
+            for name, version in cast(
+                dict[bytes, bytes], self.client.hgetall(keys.STATUS_FEED_PENDING)
+            ).items()
         }
 
     def announce(self, names: set[str]) -> dict[str, int]:
@@ -332,7 +335,9 @@ class FeedStore:
 
     def rows(self, names: list[str]) -> dict[str, bytes]:
         """Published compact rows of ``names``."""
-        return dict(zip(names, self.client.hmget(keys.STATUS_ROWS, names), strict=True)) if names else {}
+        # Every name a view shows has a published row (rows are written before names are indexed).
+        rows = cast(list[bytes], self.client.hmget(keys.STATUS_ROWS, names)) if names else []
+        return dict(zip(names, rows, strict=True))
 
     def mark_sent(self, seq: int) -> None:
         self._mark_sent(keys=[keys.STATUS_FEED], args=[seq])

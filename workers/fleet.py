@@ -89,7 +89,11 @@ def stored_state(names: Sequence[str]) -> dict[str, Stored]:
 
 def stored_percents(plans: Iterable[Plan]) -> dict[int, dict[str, float]]:
     """The packages (name -> percent) of the stored machines whose progress is their packages' mean."""
-    ids = [plan.base.machine_id for plan in plans if plan.progress_from_packages and plan.base is not None]
+    ids = [
+        plan.base.machine_id
+        for plan in plans
+        if plan.progress_from_packages and plan.base is not None and plan.base.machine_id is not None
+    ]
     percents: dict[int, dict[str, float]] = {machine_id: {} for machine_id in ids}
     for chunk in chunks(ids):
         for machine_id, name, percent in Software.objects.filter(machine_id__in=chunk).values_list(
@@ -104,10 +108,12 @@ def machine_row(plan: Plan, percents: dict[int, dict[str, float]], now: datetime
     base = plan.base
     late_reports = (base.late_reports if base else 0) + plan.late
     if plan.state is None:  # only late reports: the row keeps what it had, and counts them
+        assert base is not None, "a report can only be late against a stored machine"
         state, progress, last_report = base.state, base.progress, base.last_report
     else:
         state, last_report = plan.state, now
-        progress = plan.final_progress(percents.get(base.machine_id, {}) if base else {})
+        stored = percents.get(base.machine_id, {}) if base and base.machine_id is not None else {}
+        progress = plan.final_progress(stored)
     return (
         plan.name,
         state,

@@ -156,6 +156,8 @@ class AgentToken(models.Model):
 
     # The report API's name for FLEET_TOKEN, which is never stored here.
     ENV_NAME = "env"
+    # The secret of a token the admin has just issued, shown once on the next page; never stored.
+    secret_once: str | None = None
 
     name = models.CharField(
         max_length=64,

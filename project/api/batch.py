@@ -33,15 +33,25 @@ def too_large(request: HttpRequest) -> bool:
     return (declared.isdigit() and int(declared) > limit) or len(request.body) > limit
 
 
-def check_items(items: list[Any]) -> tuple[list[tuple[str, str, dict[str, Any]]], list[dict[str, Any]]]:
+def check_items(
+    items: list[Any],
+) -> tuple[list[tuple[str, str, dict[str, Any] | None]], list[dict[str, Any]]]:
     """The items to queue as ``(kind, name, report)`` and the errors of the others, by index."""
-    good, errors = [], []
+    good: list[tuple[str, str, dict[str, Any] | None]] = []
+    errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
             name, report = check_batch_item(item)
         except ReportErrors as invalid:
-            name = item.get("name") if isinstance(item, dict) and isinstance(item.get("name"), str) else None
-            errors.append({"index": index, "name": name, "error": "invalid_report", "errors": invalid.errors})
+            given = item.get("name") if isinstance(item, dict) else None
+            errors.append(
+                {
+                    "index": index,
+                    "name": given if isinstance(given, str) else None,
+                    "error": "invalid_report",
+                    "errors": invalid.errors,
+                }
+            )
         else:
             good.append((reportqueue.REPORT, name, report))
     return good, errors

@@ -22,8 +22,11 @@ from .errors import json_error
 def forget_dead_processes(family: Path) -> None:
     """Drop the live gauges (open sockets) of this master's processes that have died; their
     counters stay in the sums, as a counter never goes down."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return
     try:
-        alive = {child.pid for child in psutil.Process(multiprocessing.parent_process().pid).children()}
+        alive = {child.pid for child in psutil.Process(parent.pid).children()}
     except psutil.Error:
         return
     for path in family.glob("gauge_live*_*.db"):
