@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .protocol import (
     INT_FIELD_MAX,
@@ -37,112 +39,150 @@ class ReportErrors(Exception):
         self.errors.setdefault(where, []).append(problem)
 
 
-def _is_number(value: Any) -> bool:
-    # bool is an int in Python; on the wire it is not a number.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
-
-def _check_percent(value: Any, where: str, errors: ReportErrors) -> float | None:
-    if not _is_number(value):
-        errors.add(where, "must be a number")
-    elif not 0 <= value <= 100:
-        errors.add(where, "must be between 0 and 100")
-    else:
-        return float(value)
-    return None
-
-
-NAME_RULE = "must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '.', '-'"
+NAME_RULE = "must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '.', '-', and not '.' or '..'"
 SEQ_RULE = f"must be an integer from 0 to {INT_FIELD_MAX}"
 SENT_AT_RULE = "must be an RFC 3339 timestamp with its time zone, e.g. 2026-11-28T12:00:00.250Z"
-REPORT_FIELDS = {"state", "progress", "software", "seq", "sent_at"}
+PERCENT_RULE = "must be a number from 0 to 100"
 ITEM_FIELDS = {"name", "report"}
 
+# --- The report's shape: what the server checks and what /api/openapi.json publishes -----------
 
-def _check_seq(value: Any, errors: ReportErrors) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT_FIELD_MAX:
-        return value
-    errors.add("seq", SEQ_RULE)
-    return None
+Percent = Annotated[float, Field(ge=0, le=100, strict=True, allow_inf_nan=False)]
+MachineName = Annotated[
+    str, Field(pattern=rf"^(?!\.{{1,2}}$){MACHINE_NAME_RE.pattern}$", description=NAME_RULE)
+]
 
 
-def _check_sent_at(value: Any, errors: ReportErrors) -> str | None:
-    """``sent_at`` in one spelling (UTC, microseconds), so that the worker compares like with like."""
-    if isinstance(value, str) and len(value) <= SENT_AT_MAX_CHARS:
+class Package(BaseModel):
+    """One software package being installed on the machine (fields beyond these are ignored, as
+    they always were)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[str, Field(min_length=1, max_length=SOFTWARE_NAME_MAX_CHARS, pattern=r"\S", strict=True)]
+    state: Literal[SOFTWARE_STATES]  # type: ignore[valid-type]  # the tuple's values
+    percent: Percent
+
+
+class Report(BaseModel):
+    """``POST /api/machines/<name>/report``'s body (and a batch item's ``report``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal[MACHINE_STATES]  # type: ignore[valid-type]  # the tuple's values
+    progress: Percent | None = Field(
+        None, description="Overall progress; without it, the mean of the packages' percents"
+    )
+    software: list[Package] = Field(default_factory=list, max_length=SOFTWARE_PER_REPORT_MAX)
+    seq: Annotated[int, Field(ge=0, le=INT_FIELD_MAX, strict=True)] | None = Field(
+        None, description="The agent's own count for this machine: an older one than stored is ignored"
+    )
+    sent_at: Annotated[str, Field(max_length=SENT_AT_MAX_CHARS, strict=True)] | None = Field(
+        None, description="When the agent sent it (RFC 3339 with a time zone): an older one is ignored"
+    )
+
+    @field_validator("sent_at")
+    @classmethod
+    def one_spelling(cls, value: str | None) -> str | None:
+        """``sent_at`` in one spelling (UTC, microseconds), so that the worker compares like with like."""
+        if value is None:
+            return None
         try:
             moment = datetime.fromisoformat(value)
-            if moment.tzinfo is not None:
-                return moment.astimezone(UTC).isoformat(timespec="microseconds")
         except (ValueError, OverflowError):
-            pass
-    errors.add("sent_at", SENT_AT_RULE)
-    return None
+            raise ValueError(SENT_AT_RULE) from None
+        if moment.tzinfo is None:
+            raise ValueError(SENT_AT_RULE)
+        return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class BatchItem(BaseModel):
+    """One machine's report in ``POST /api/reports``."""
+
+    # Python's re: the name's rule refuses '.' and '..' with a look-ahead, which Rust's lacks.
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
+
+    name: MachineName
+    report: Report
+
+
+# What each field's problem is called, whatever pydantic's own wording (agents match on these).
+FIELD_RULES = {
+    "state": f"must be one of: {', '.join(MACHINE_STATES)}",
+    "software.*.state": f"must be one of: {', '.join(SOFTWARE_STATES)}",
+    "software.*.name": f"must be a non-empty string of at most {SOFTWARE_NAME_MAX_CHARS} characters",
+    "software.*": "must be an object",
+    "seq": SEQ_RULE,
+    "sent_at": SENT_AT_RULE,
+}
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``("software", 2, "percent")`` -> ``software[2].percent``, as the errors name fields."""
+    where = ""
+    for part in loc:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else part)
+    return where
+
+
+def _problem(loc: tuple[int | str, ...]) -> tuple[str, str]:
+    where = _where(loc)
+    pattern = ".".join("*" if isinstance(part, int) else part for part in loc)
+    if pattern in ("progress", "software.*.percent"):
+        return where, PERCENT_RULE
+    if pattern == "software":
+        return where, f"a list of at most {SOFTWARE_PER_REPORT_MAX} packages"
+    return where, FIELD_RULES.get(pattern, "is not valid")
+
+
+def _check_packages_named_once(software: Any, errors: ReportErrors) -> None:
+    seen: set[str] = set()
+    for index, package in enumerate(software if isinstance(software, list) else []):
+        name = package.get("name") if isinstance(package, dict) else None
+        if isinstance(name, str) and name in seen:
+            errors.add(f"software[{index}].name", "appears twice in this report")
+        elif isinstance(name, str):
+            seen.add(name)
 
 
 def check_machine_name(name: str) -> None:
-    if not MACHINE_NAME_RE.fullmatch(name):
+    if not MACHINE_NAME_RE.fullmatch(name) or name in (".", ".."):
         raise ReportErrors({"name": [NAME_RULE]})
 
 
 def check_report(name: str, body: Any) -> dict[str, Any]:
     """The normalised report, or :class:`ReportErrors` listing every problem found."""
     errors = ReportErrors()
-    if not MACHINE_NAME_RE.fullmatch(name):
-        errors.add("name", NAME_RULE)
+    try:
+        check_machine_name(name)
+    except ReportErrors as invalid:
+        errors.errors.update(invalid.errors)
     if not isinstance(body, dict):
         errors.add("body", "must be a JSON object")
         raise errors
     if has_nul(body):
         errors.add("body", "must not contain NUL characters (\\u0000)")
         raise errors
-    unknown = sorted(set(body) - REPORT_FIELDS)
-    if unknown:
-        errors.add("body", f"unknown field(s): {', '.join(unknown)}")
-
-    state = body.get("state")
-    if state not in MACHINE_STATES:
-        errors.add("state", f"must be one of: {', '.join(MACHINE_STATES)}")
-    progress = None
-    if body.get("progress") is not None:
-        progress = _check_percent(body["progress"], "progress", errors)
-
-    software = body.get("software", [])
-    packages: list[dict[str, Any]] = []
-    if not isinstance(software, list):
-        errors.add("software", "must be a list")
-    elif len(software) > SOFTWARE_PER_REPORT_MAX:
-        errors.add("software", f"at most {SOFTWARE_PER_REPORT_MAX} entries")
-    else:
-        seen: set[str] = set()
-        for index, entry in enumerate(software):
-            where = f"software[{index}]"
-            if not isinstance(entry, dict):
-                errors.add(where, "must be an object")
-                continue
-            package_name = entry.get("name")
-            if not isinstance(package_name, str) or not package_name.strip():
-                errors.add(f"{where}.name", "must be a non-empty string")
-            elif len(package_name) > SOFTWARE_NAME_MAX_CHARS:
-                errors.add(f"{where}.name", f"at most {SOFTWARE_NAME_MAX_CHARS} characters")
-            elif package_name in seen:
-                errors.add(f"{where}.name", "appears twice in this report")
-            else:
-                seen.add(package_name)
-            if entry.get("state") not in SOFTWARE_STATES:
-                errors.add(f"{where}.state", f"must be one of: {', '.join(SOFTWARE_STATES)}")
-            percent = _check_percent(entry.get("percent"), f"{where}.percent", errors)
-            packages.append({"name": package_name, "state": entry.get("state"), "percent": percent})
-
-    # Only given ones travel: a report without them is ordered by its arrival, as before.
-    order: dict[str, Any] = {}
-    if body.get("seq") is not None:
-        order["seq"] = _check_seq(body["seq"], errors)
-    if body.get("sent_at") is not None:
-        order["sent_at"] = _check_sent_at(body["sent_at"], errors)
-
+    _check_packages_named_once(body.get("software"), errors)  # JSON Schema cannot say it
+    try:
+        report = Report.model_validate(body)
+    except ValidationError as invalid:
+        unknown = []
+        for problem in invalid.errors():
+            if problem["type"] == "extra_forbidden":
+                unknown.append(str(problem["loc"][-1]))
+                if len(problem["loc"]) == 1:
+                    continue
+            where, rule = _problem(problem["loc"])
+            if rule not in errors.errors.get(where, []):
+                errors.add(where, rule)
+        if unknown:
+            errors.errors.setdefault("body", []).insert(0, f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise errors from None
     if errors.errors:
         raise errors
-    return {"state": state, "progress": progress, "software": packages, **order}
+    # Only given ones travel: a report without them is ordered by its arrival, as before.
+    return report.model_dump(exclude_none=True, exclude={"progress"}) | {"progress": report.progress}
 
 
 def check_batch_item(item: Any) -> tuple[str, dict[str, Any]]:

@@ -3,6 +3,7 @@ from django.urls import include, path, re_path
 
 from . import api, pages, views
 from .api.metrics import metrics_view
+from .api.openapi import openapi
 from .protocol import ROOM_PATTERN
 
 urlpatterns = [
@@ -13,6 +14,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", api.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
+    path("api/openapi.json", openapi, name="api-openapi"),
     path("api/status", api.status, name="api-status"),
     path("api/reports", api.report_batch, name="api-reports"),
     path("api/machines/<str:name>/report", api.machine_report, name="api-machine-report"),

@@ -20,17 +20,11 @@ from .. import metrics, protocol, reportqueue
 from ..reports import ReportErrors, check_batch_item
 from .auth import agent_api
 from .connections import redis_client
-from .errors import json_error
+from .errors import body_within, json_error
 
 log = logging.getLogger(__name__)
 
 BATCH_RULE = "must be a JSON list of {name, report} objects"
-
-
-def too_large(request: HttpRequest) -> bool:
-    declared = request.headers.get("Content-Length", "0")
-    limit = protocol.MAX_REPORT_BATCH_BYTES
-    return (declared.isdigit() and int(declared) > limit) or len(request.body) > limit
 
 
 def check_items(
@@ -61,10 +55,11 @@ def check_items(
 @agent_api("POST")
 async def report_batch(request: HttpRequest) -> HttpResponse:
     """``202`` with the count accepted and the errors of items refused (``400`` if all were)."""
-    if too_large(request):
+    body = body_within(request, protocol.MAX_REPORT_BATCH_BYTES)
+    if body is None:
         return json_error(413, "too_large", f"a batch is limited to {protocol.MAX_REPORT_BATCH_BYTES} bytes")
     try:
-        items = orjson.loads(request.body)
+        items = orjson.loads(body)
     except orjson.JSONDecodeError:
         return json_error(400, "invalid_batch", "the batch has errors", errors={"body": ["not valid JSON"]})
     if not isinstance(items, list) or not items:

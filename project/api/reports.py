@@ -19,7 +19,7 @@ from .. import metrics, protocol, reportqueue
 from ..reports import ReportErrors, check_machine_name, check_report
 from .auth import agent_api
 from .connections import redis_client
-from .errors import json_error
+from .errors import body_within, json_error
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,11 @@ async def queue_for_status_workers(kind: str, name: str, report: dict[str, Any] 
 @agent_api("POST")
 async def machine_report(request: HttpRequest, name: str) -> HttpResponse:
     """``POST /api/machines/<name>/report``: an agent's progress report."""
-    declared = request.headers.get("Content-Length", "0")
-    if (declared.isdigit() and int(declared) > protocol.MAX_REPORT_BYTES) or len(
-        request.body
-    ) > protocol.MAX_REPORT_BYTES:
+    raw = body_within(request, protocol.MAX_REPORT_BYTES)
+    if raw is None:
         return json_error(413, "too_large", f"reports are limited to {protocol.MAX_REPORT_BYTES} bytes")
     try:
-        body = orjson.loads(request.body)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return json_error(400, "invalid_report", "the report has errors", errors={"body": ["not valid JSON"]})
     try:

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from .. import heartbeats, orphans, protocol
 from .connections import redis_client
-from .errors import json_error
+from .errors import json_error, methods
 
 WORKER_REPLY_TIMEOUT_S = 2.0
 
@@ -31,10 +31,9 @@ async def ask_status_worker(message_type: str) -> dict[str, Any]:
         orphans.forget(layer, reply_channel)  # a late answer must not be kept for ever
 
 
+@methods("GET")
 async def status(request: HttpRequest) -> HttpResponse:
     """``GET /api/status``: the snapshot a status socket gets on connect."""
-    if request.method != "GET":
-        return json_error(405, "method_not_allowed", "use GET")
     user = await request.auser()
     if not user.is_authenticated:
         return json_error(401, "unauthorized", "log in first")
@@ -50,6 +49,7 @@ def _database_ok() -> None:
         cursor.execute("SELECT 1")
 
 
+@methods("GET")
 async def readyz(request: HttpRequest) -> HttpResponse:
     """``GET /readyz``: 200 when the database, Redis, the worker and the scheduler all answer."""
     checks: dict[str, dict[str, Any]] = {}
