@@ -77,9 +77,12 @@ class Report(BaseModel):
     seq: Annotated[int, Field(ge=0, le=INT_FIELD_MAX, strict=True)] | None = Field(
         None, description="The agent's own count for this machine: an older one than stored is ignored"
     )
-    sent_at: Annotated[str, Field(max_length=SENT_AT_MAX_CHARS, strict=True)] | None = Field(
-        None, description="When the agent sent it (RFC 3339 with a time zone): an older one is ignored"
-    )
+    sent_at: (
+        Annotated[
+            str, Field(max_length=SENT_AT_MAX_CHARS, strict=True, json_schema_extra={"format": "date-time"})
+        ]
+        | None
+    ) = Field(None, description="When the agent sent it (RFC 3339 with a time zone): an older one is ignored")
 
     @field_validator("sent_at")
     @classmethod

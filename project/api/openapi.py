@@ -20,6 +20,13 @@ from ..reports import NAME_RULE, BatchItem, Report
 from .errors import methods
 
 
+class ItemError(BaseModel):
+    index: int
+    name: str | None
+    error: str
+    errors: dict[str, list[str]]
+
+
 class Error(BaseModel):
     """Every error: a code to match on, a sentence for people, and per-field problems if any."""
 
@@ -27,21 +34,14 @@ class Error(BaseModel):
 
     error: str = Field(description="e.g. invalid_report, unauthorized, too_large, server_busy")
     detail: str
-    errors: dict[str, list[str]] | None = Field(
-        None, description="Problems by field, e.g. software[2].percent"
+    errors: dict[str, list[str]] | list[ItemError] | None = Field(
+        None, description="Problems by field (e.g. software[2].percent), or a batch's refused items"
     )
 
 
 class Accepted(BaseModel):
     status: Literal["accepted"]
     machine: str
-
-
-class ItemError(BaseModel):
-    index: int
-    name: str | None
-    error: str
-    errors: dict[str, list[str]]
 
 
 class BatchAccepted(BaseModel):
@@ -111,7 +111,7 @@ def document() -> dict[str, Any]:
         ref_template="#/components/schemas/{model}",
     )
     schemas = defs["$defs"]
-    bearer = [{"agentToken": []}]
+    bearer: list[dict[str, list[str]]] = [{"agentToken": []}]
     machine_name = {
         "name": "name",
         "in": "path",
