@@ -171,8 +171,11 @@ def agenttoken(stack: Stack, *args: str) -> subprocess.CompletedProcess:
 
 
 def create(stack: Stack, name: str) -> str:
+    """A new token, once every web process can know it: each judges by a copy of the tokens at
+    most RELOAD_EVERY_S old (project/api/tokens.py), so one used at once may still be unknown."""
     made = agenttoken(stack, "create", name)
     assert made.returncode == 0, made.stderr
+    time.sleep(RELOAD_EVERY_S + 0.2)
     return made.stdout.strip()
 
 
