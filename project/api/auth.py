@@ -6,10 +6,9 @@ import functools
 import logging
 
 from django.http import HttpRequest, HttpResponse
-from django.views.decorators.csrf import csrf_exempt
 
 from . import tokens
-from .errors import json_error
+from .errors import json_error, methods
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +27,13 @@ def refusal(request: HttpRequest, verdict: tokens.Verdict) -> HttpResponse:
     return response
 
 
-def agent_api(*methods: str):
-    """Allow only ``methods``, and only to callers holding a valid agent token."""
+def agent_api(*allowed: str):
+    """Allow only ``allowed`` methods, and only to callers holding a valid agent token."""
 
     def decorate(view):
-        @csrf_exempt
+        @methods(*allowed)
         @functools.wraps(view)
         async def guarded(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-            if request.method not in methods:
-                response = json_error(405, "method_not_allowed", f"use {', '.join(methods)}")
-                response["Allow"] = ", ".join(methods)
-                return response
             verdict = await tokens.authenticate(request)
             if not verdict.accepted:
                 return refusal(request, verdict)
