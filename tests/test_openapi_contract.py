@@ -71,7 +71,7 @@ def json_answer(answer: tuple[int, str, bytes]) -> tuple[int, dict]:
     return status, json.loads(body)
 
 
-def test_schemathesis_finds_nothing_against_the_real_server(stack):
+def test_schemathesis_finds_nothing_against_the_real_server(stack, tmp_path):
     """With an agent token. ``/api/status`` takes a login session, which a header given to every
     case would also give to the cases testing its absence: here it is called without one (401);
     its answers to a session are tested in tests/test_status_integration.py."""
@@ -89,7 +89,8 @@ def test_schemathesis_finds_nothing_against_the_real_server(stack):
         "-H",
         f"Authorization: Bearer {TOKEN}",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    # In a directory of its own: schemathesis keeps a cache where it runs.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert " passed" in result.stdout, result.stdout[-3000:]
 
