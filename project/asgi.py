@@ -14,6 +14,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from consumers.routing import websocket_urlpatterns  # noqa: E402
+from project.api.direct import DirectAgentApi  # noqa: E402
 from project.database_connections import ClosingConnections  # noqa: E402
 from project.socket_auth import SessionUserMiddleware  # noqa: E402
 from project.socket_origin import AllowedOriginMiddleware  # noqa: E402
@@ -21,7 +22,7 @@ from workers.routing import worker_channels  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": ClosingConnections(django_asgi_app),
+        "http": DirectAgentApi(ClosingConnections(django_asgi_app)),
         "websocket": AllowedOriginMiddleware(SessionUserMiddleware(URLRouter(websocket_urlpatterns))),
         "channel": ChannelNameRouter(worker_channels),
     }

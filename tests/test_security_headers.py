@@ -140,3 +140,26 @@ def test_prometheus_scrapes_the_web_port_over_plain_http(stack):
     response = get(stack, "/metrics")
     assert response.status == 200, response.status
     assert response.getheader("Content-Type").startswith("text/plain")
+
+
+@pytest.mark.integration
+def test_the_agent_api_served_direct_follows_the_same_tls_settings(stack):
+    """project/api/direct.py runs the security middleware itself: plain HTTP is redirected, and
+    a report over HTTPS from the front gets HSTS (and is then refused for its missing token)."""
+    connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
+    try:
+        connection.request("POST", "/api/reports", body=b"[]", headers={"Host": PUBLIC_HOST})
+        plain = connection.getresponse()
+        plain.read()
+        connection.request(
+            "POST", "/api/reports", body=b"[]", headers={"Host": PUBLIC_HOST, **FROM_THE_FRONT}
+        )
+        secure = connection.getresponse()
+        secure.read()
+    finally:
+        connection.close()
+
+    assert plain.status == 301
+    assert plain.getheader("Location") == f"https://{PUBLIC_HOST}/api/reports"
+    assert secure.status == 401
+    assert secure.getheader("Strict-Transport-Security") == "max-age=31536000; includeSubDomains"

@@ -8,6 +8,7 @@ import logging
 from django.http import HttpRequest, HttpResponse
 
 from . import tokens
+from .direct import served_direct
 from .errors import json_error, methods
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,11 @@ def refusal(request: HttpRequest, verdict: tokens.Verdict) -> HttpResponse:
 
 
 def agent_api(*allowed: str):
-    """Allow only ``allowed`` methods, and only to callers holding a valid agent token."""
+    """Allow only ``allowed`` methods, and only to callers holding a valid agent token. Served
+    from the event loop, without Django's middleware chain (``direct.py``)."""
 
     def decorate(view):
+        @served_direct
         @methods(*allowed)
         @functools.wraps(view)
         async def guarded(request: HttpRequest, *args, **kwargs) -> HttpResponse:
