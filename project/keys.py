@@ -32,6 +32,7 @@ STATUS_LAST_VIEWS = PREFIX + "feed:status:last-views"
 
 # Agent reports (and removals) answered 202: a stream the status workers read as a group.
 REPORTS_STREAM = PREFIX + "reports"
+REPORTS_WAITING = PREFIX + "reports:waiting"  # reports in the stream not yet acknowledged
 REPORTS_GROUP = "status-workers"
 
 # Fair shares (consumers/limits.py): each user's open sockets (a sorted set of socket channel

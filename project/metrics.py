@@ -300,7 +300,9 @@ class QueueCollector:
                 for channel in protocol.WORKER_CHANNELS:
                     pipe.zcard(prefix + channel)  # channels_redis keeps a channel's queue in a sorted set
                 pipe.xlen(keys.REPORTS_STREAM)
-                *depths, reports = pipe.execute()
+                pipe.get(keys.REPORTS_WAITING)  # reports, where the stream holds up to 100 per entry
+                *depths, entries, waiting = pipe.execute()
+            reports = int(waiting or 0) if entries else 0
         except redis.RedisError as error:
             log.warning("metrics: could not read the queues' depths (%s)", error)
             return

@@ -3,10 +3,21 @@
 ``202`` from the report API means the report is in this stream, which outlives every
 process but Redis itself. Status workers read it as one consumer group: each entry goes
 to one worker, stays pending under that worker until it is acknowledged, and is
-acknowledged only once an update carrying its machine is stored. A worker killed in
+acknowledged only once an update carrying its machines is stored. A worker killed in
 between leaves its entries pending; another worker claims them after
-``CLAIM_IDLE_MS`` and applies them again. Applying is idempotent: an entry whose stream id
+``CLAIM_IDLE_MS`` and applies them again. Applying is idempotent: a report whose id
 is not newer than the one its machine last handled is skipped (``workers/coalesce.py``).
+
+A stream entry carries up to ``ENTRY_ITEMS_MAX`` reports (a batch's, in its order; a single
+report is an entry of one): reading, acknowledging and deleting 10,000 reports as 100 entries
+costs the worker and Redis a hundredth of what 10,000 entries did (docs/performance.md). Each
+report's id is its entry's id, followed by ``/<index>`` after the first (``1700000000000-0``,
+``1700000000000-0/1``, ...), which sorts in the order the reports were queued.
+
+How many reports wait (queued, not yet acknowledged) is counted beside the stream
+(``keys.REPORTS_WAITING``), in the same script that adds them and the one that deletes them;
+past ``max_waiting`` the API answers ``503 server_busy``. An empty stream resets the count, so a
+count left wrong (Redis failed over between the two) mends itself once the workers catch up.
 
 The web side (:func:`enqueue`) is asyncio; the worker side (:class:`ReportReader`) is sync.
 """
@@ -14,6 +25,8 @@ The web side (:func:`enqueue`) is asyncio; the worker side (:class:`ReportReader
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,29 +42,63 @@ log = logging.getLogger(__name__)
 CLAIM_IDLE_MS = 5000
 REPORT = "report"
 REMOVE = "remove"
+ENTRY_ITEMS_MAX = 100  # reports per stream entry
+ENTRIES_PER_READ = 200  # stream entries per XREADGROUP / XAUTOCLAIM
+ITEMS_PER_READ = 20_000  # a worker reads more only until it holds this many reports
 
-# KEYS: stream. ARGV: max waiting, then entries. Their new ids, or nil (none queued) when
-# they would make more than max wait: a batch is queued whole or not at all.
+# KEYS: stream, waiting count. ARGV: max waiting, then (report count, entry) pairs. The new
+# entries' ids, or nil (none queued) when they would make more than max wait: all or none.
 ENQUEUE = """
-if redis.call('XLEN', KEYS[1]) + #ARGV - 1 > tonumber(ARGV[1]) then return nil end
+local waiting = tonumber(redis.call('GET', KEYS[2]) or '0')
+if redis.call('XLEN', KEYS[1]) == 0 then waiting = 0 end
+local adding = 0
+for i = 2, #ARGV, 2 do adding = adding + tonumber(ARGV[i]) end
+if waiting + adding > tonumber(ARGV[1]) then return nil end
 local ids = {}
-for i = 2, #ARGV do ids[i - 1] = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i]) end
+for i = 2, #ARGV, 2 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'n', ARGV[i], 'e', ARGV[i + 1])
+end
+redis.call('SET', KEYS[2], waiting + adding)
 return ids
+"""
+
+# KEYS: stream, waiting count. ARGV: group, then (entry id, report count) pairs. Acknowledges
+# and deletes the entries; the count falls by the reports of those this call deleted (an entry
+# two workers handled is counted off once).
+DONE = """
+local gone = 0
+for i = 2, #ARGV, 2 do
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then gone = gone + tonumber(ARGV[i + 1]) end
+end
+if gone > 0 and redis.call('DECRBY', KEYS[2], gone) < 0 then redis.call('SET', KEYS[2], 0) end
+return gone
 """
 
 
 @dataclass(frozen=True)
 class Entry:
+    """One report (or removal) as queued; ``id`` as described above."""
+
     id: str
     kind: str
     name: str
     report: dict[str, Any] | None
 
+    @property
+    def stream_id(self) -> str:
+        return self.id.partition("/")[0]
 
-def stream_order(entry_id: str) -> tuple[int, int]:
-    """A stream id (``"<ms>-<n>"``) as something that sorts in the order Redis gave them."""
-    ms, _, n = entry_id.partition("-")
-    return int(ms), int(n or 0)
+
+def report_id(stream_id: str, index: int) -> str:
+    return stream_id if index == 0 else f"{stream_id}/{index}"
+
+
+def stream_order(entry_id: str) -> tuple[int, int, int]:
+    """A report's id (``"<ms>-<n>[/<index>]"``) as something that sorts in queued order."""
+    stream_id, _, index = entry_id.partition("/")
+    ms, _, n = stream_id.partition("-")
+    return int(ms), int(n or 0), int(index or 0)
 
 
 async def enqueue(
@@ -67,21 +114,37 @@ async def enqueue_many(
 ) -> list[str] | None:
     """Queue ``(kind, name, report)`` items in their order, all or none, in one round trip;
     their ids, or ``None`` when that would leave more than ``max_waiting`` waiting."""
-    entries = [orjson.dumps({"kind": kind, "name": name, "report": report}) for kind, name, report in items]
-    ids = await client.eval(ENQUEUE, 1, keys.REPORTS_STREAM, max_waiting, *entries)
-    return None if ids is None else [entry_id.decode() for entry_id in ids]
+    chunks = [items[start : start + ENTRY_ITEMS_MAX] for start in range(0, len(items), ENTRY_ITEMS_MAX)]
+    args: list[Any] = []
+    for chunk in chunks:
+        body = [{"kind": kind, "name": name, "report": report} for kind, name, report in chunk]
+        args += [len(chunk), orjson.dumps(body)]
+    ids = await client.eval(ENQUEUE, 2, keys.REPORTS_STREAM, keys.REPORTS_WAITING, max_waiting, *args)
+    if ids is None:
+        return None
+    return [
+        report_id(stream_id.decode(), index)
+        for stream_id, chunk in zip(ids, chunks, strict=True)
+        for index in range(len(chunk))
+    ]
+
+
+def waiting(client: redis.Redis) -> int:
+    """How many reports are queued and not yet acknowledged."""
+    return int(client.get(keys.REPORTS_WAITING) or 0) if client.xlen(keys.REPORTS_STREAM) else 0
 
 
 class ReportReader:
     """One status worker's end of the stream."""
 
-    def __init__(self, client: redis.Redis, consumer: str, batch_max: int = 10_000) -> None:
+    def __init__(self, client: redis.Redis, consumer: str, items_max: int = ITEMS_PER_READ) -> None:
         self.client = client
         self.consumer = consumer
-        self.batch_max = batch_max
+        self.items_max = items_max
+        self._done = client.register_script(DONE)
 
     def read(self) -> list[Entry]:
-        """Entries a dead worker left unfinished, then new ones, oldest first; never blocks."""
+        """Reports a dead worker left unfinished, then new ones, oldest first; never blocks."""
         try:
             return self._read()
         except redis.ResponseError as error:
@@ -98,28 +161,47 @@ class ReportReader:
     def _read(self) -> list[Entry]:
         # [next cursor, claimed, (Redis 7: deleted ids)]
         claimed = self.client.xautoclaim(
-            keys.REPORTS_STREAM, keys.REPORTS_GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=self.batch_max
+            keys.REPORTS_STREAM,
+            keys.REPORTS_GROUP,
+            self.consumer,
+            CLAIM_IDLE_MS,
+            "0-0",
+            count=ENTRIES_PER_READ,
         )[1]
         if claimed:
-            log.warning("claimed %d report(s) a stopped status worker left unapplied", len(claimed))
-        fresh: list[Any] = self.client.xreadgroup(  # type: ignore[assignment]  # [(stream, [(id, fields)])]
-            keys.REPORTS_GROUP, self.consumer, {keys.REPORTS_STREAM: ">"}, count=self.batch_max
-        )
-        raw = list(claimed) + [item for _, items in fresh for item in items]
-        entries = [self.decode(entry_id, fields) for entry_id, fields in raw if fields]
+            log.warning("claimed %d report entries a stopped status worker left unapplied", len(claimed))
+        entries = self.decode_all(claimed)
+        while len(entries) < self.items_max:
+            fresh: list[Any] = self.client.xreadgroup(  # type: ignore[assignment]  # [(stream, [(id, fields)])]
+                keys.REPORTS_GROUP, self.consumer, {keys.REPORTS_STREAM: ">"}, count=ENTRIES_PER_READ
+            )
+            raw = [item for _, items in fresh for item in items]
+            entries += self.decode_all(raw)
+            if len(raw) < ENTRIES_PER_READ:
+                break
         return sorted(entries, key=lambda entry: stream_order(entry.id))
 
+    @classmethod
+    def decode_all(cls, raw: Iterable[tuple[bytes, dict[bytes, bytes] | None]]) -> list[Entry]:
+        # A deleted entry claimed again comes back without fields.
+        return [entry for entry_id, fields in raw if fields for entry in cls.decode(entry_id, fields)]
+
     @staticmethod
-    def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
+    def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> list[Entry]:
+        stream_id = entry_id.decode()
         body = orjson.loads(fields[b"e"])
-        return Entry(entry_id.decode(), body["kind"], body["name"], body.get("report"))
+        if isinstance(body, dict):  # one report per entry: queued by a web process from before batches
+            body = [body]
+        return [
+            Entry(report_id(stream_id, index), item["kind"], item["name"], item.get("report"))
+            for index, item in enumerate(body)
+        ]
 
     def done(self, entries: list[Entry]) -> None:
-        """Acknowledge and delete ``entries``: an update carrying them is stored."""
+        """Acknowledge and delete ``entries``' stream entries: an update carrying them is stored.
+        An entry's reports are read together, so they are done together."""
         if not entries:
             return
-        ids = [entry.id for entry in entries]
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.xack(keys.REPORTS_STREAM, keys.REPORTS_GROUP, *ids)
-            pipe.xdel(keys.REPORTS_STREAM, *ids)
-            pipe.execute()
+        per_entry = Counter(entry.stream_id for entry in entries)
+        args = [part for stream_id, count in per_entry.items() for part in (stream_id, count)]
+        self._done(keys=[keys.REPORTS_STREAM, keys.REPORTS_WAITING], args=[keys.REPORTS_GROUP, *args])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pytest
 import redis
 import redis.asyncio
@@ -97,7 +98,7 @@ async def test_enqueue_refuses_once_max_waiting_entries_wait(queue, client):
     refused = await enqueue(queue, REPORT, "m3", READY, 2)
 
     assert refused is None
-    assert client.xlen(keys.REPORTS_STREAM) == 2
+    assert reportqueue.waiting(client) == 2
 
 
 async def test_a_batch_is_queued_in_its_order(queue, client):
@@ -124,7 +125,7 @@ async def test_a_batch_that_would_pass_max_waiting_is_refused_whole(queue, clien
 
     assert refused is None
     assert len(fits) == 2
-    assert client.xlen(keys.REPORTS_STREAM) == 3
+    assert reportqueue.waiting(client) == 3
 
 
 async def test_enqueue_accepts_again_once_waiting_entries_are_done(queue, client):
@@ -146,3 +147,81 @@ async def test_read_recreates_the_group_after_redis_restarts_empty(queue, client
     entries = reader.read()
 
     assert [entry.id for entry in entries] == [entry_id]
+
+
+# --- batches as stream entries ------------------------------------------------------------------
+
+
+def items(count: int, prefix: str = "m") -> list:
+    return [(REPORT, f"{prefix}{number}", {**READY, "seq": number}) for number in range(count)]
+
+
+async def test_a_batch_is_one_stream_entry_per_hundred_reports_read_back_as_reports(queue, client):
+    ids = await enqueue_many(queue, items(250), 1000)
+
+    entries = ReportReader(client, "a").read()
+
+    assert client.xlen(keys.REPORTS_STREAM) == 3  # 100 + 100 + 50
+    assert [entry.id for entry in entries] == ids
+    assert [entry.name for entry in entries] == [f"m{number}" for number in range(250)]
+    assert ids[1] == f"{ids[0]}/1" and ids[100].partition("/")[0] != ids[0]
+
+
+def test_report_ids_sort_in_queued_order_within_and_across_entries():
+    queued = ["5-0", "5-0/1", "5-0/2", "5-0/10", "5-1", "6-0", "6-0/1"]
+
+    assert sorted(reversed(queued), key=reportqueue.stream_order) == queued
+
+
+async def test_waiting_counts_reports_and_falls_as_entries_are_done(queue, client):
+    reader = ReportReader(client, "a")
+    await enqueue_many(queue, items(150), 1000)
+    await enqueue(queue, REPORT, "single", READY, 1000)
+    assert reportqueue.waiting(client) == 151
+
+    reader.done(reader.read())
+
+    assert reportqueue.waiting(client) == 0
+    assert client.xlen(keys.REPORTS_STREAM) == 0
+
+
+async def test_an_entry_done_twice_is_counted_off_once(queue, client):
+    await enqueue_many(queue, items(3), 1000)
+    await enqueue(queue, REPORT, "other", READY, 1000)
+    entries = ReportReader(client, "a").read()
+
+    reader = ReportReader(client, "a")
+    reader.done(entries[:3])
+    reader.done(entries[:3])  # a worker that claimed them again, or a repeated call
+
+    assert reportqueue.waiting(client) == 1
+
+
+async def test_a_count_left_wrong_mends_once_the_stream_is_empty(queue, client):
+    client.set(keys.REPORTS_WAITING, 5)  # as if Redis failed over between a worker's two scripts
+
+    assert await enqueue(queue, REPORT, "m1", READY, 1) is not None
+    assert reportqueue.waiting(client) == 1
+
+
+async def test_a_reader_takes_at_most_about_items_max_reports_per_read(queue, client, monkeypatch):
+    monkeypatch.setattr(reportqueue, "ENTRIES_PER_READ", 2)
+    for start in range(5):
+        await enqueue_many(queue, items(100, prefix=f"b{start}-"), 10_000)
+    reader = ReportReader(client, "a", items_max=300)
+
+    first, second = reader.read(), reader.read()
+
+    assert [len(first), len(second)] == [400, 100]  # whole reads of 2 entries, until 300 are held
+    assert first + second == sorted(first + second, key=lambda entry: reportqueue.stream_order(entry.id))
+
+
+async def test_an_entry_queued_before_batches_is_still_read(queue, client):
+    """A web process from before one entry carried many (a rolling deploy) queued a bare report."""
+    stream_id = client.xadd(
+        keys.REPORTS_STREAM, {"e": orjson.dumps({"kind": REPORT, "name": "old", "report": READY})}
+    ).decode()
+
+    entries = ReportReader(client, "a").read()
+
+    assert entries == [Entry(stream_id, REPORT, "old", READY)]
