@@ -153,8 +153,16 @@ def check_machine_name(name: str) -> None:
         raise ReportErrors({"name": [NAME_RULE]})
 
 
-def check_report(name: str, body: Any) -> dict[str, Any]:
-    """The normalised report, or :class:`ReportErrors` listing every problem found."""
+def may_hold_nul(raw: bytes) -> bool:
+    """Whether JSON text ``raw`` can decode to a string holding a NUL: only through the escape
+    ``\\u0000`` (JSON allows no raw control character in a string; orjson refuses one). Where it
+    cannot, the walk through every decoded string (:func:`~project.protocol.has_nul`) is skipped."""
+    return b"\\u0000" in raw
+
+
+def check_report(name: str, body: Any, nul_possible: bool = True) -> dict[str, Any]:
+    """The normalised report, or :class:`ReportErrors` listing every problem found.
+    ``nul_possible=False``: the body's JSON text held no NUL (:func:`may_hold_nul`)."""
     errors = ReportErrors()
     try:
         check_machine_name(name)
@@ -163,7 +171,7 @@ def check_report(name: str, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         errors.add("body", "must be a JSON object")
         raise errors
-    if has_nul(body):
+    if nul_possible and has_nul(body):
         errors.add("body", "must not contain NUL characters (\\u0000)")
         raise errors
     _check_packages_named_once(body.get("software"), errors)  # JSON Schema cannot say it
@@ -188,7 +196,7 @@ def check_report(name: str, body: Any) -> dict[str, Any]:
     return report.model_dump(exclude_none=True, exclude={"progress"}) | {"progress": report.progress}
 
 
-def check_batch_item(item: Any) -> tuple[str, dict[str, Any]]:
+def check_batch_item(item: Any, nul_possible: bool = True) -> tuple[str, dict[str, Any]]:
     """``(name, normalised report)`` of one ``{"name": ..., "report": {...}}`` of a batch, or
     :class:`ReportErrors` naming its fields as the single-machine endpoint would."""
     if not isinstance(item, dict):
@@ -200,7 +208,7 @@ def check_batch_item(item: Any) -> tuple[str, dict[str, Any]]:
     given_name = item.get("name")
     name = given_name if isinstance(given_name, str) else ""  # "" is refused by name
     try:
-        report = check_report(name, item.get("report"))
+        report = check_report(name, item.get("report"), nul_possible)
     except ReportErrors as invalid:
         # The single endpoint's "body" is this item's "report".
         for where, problems in invalid.errors.items():

@@ -9,10 +9,12 @@ lone surrogates, duplicate keys, deep nesting) and text or bytes that are not JS
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -230,3 +232,25 @@ def test_a_status_url_names_a_view_or_none_or_is_refused(query_string):
         return
     if view is not None:
         assert_a_view(view)
+
+
+# --- The report API's shortcut past the NUL walk (project/reports.py) ---------------------------
+
+
+@given(json_values(decoded_scalars | st.text(alphabet=st.sampled_from("a\x00\\u0"))))
+@settings(max_examples=300)
+def test_a_nul_in_a_report_is_never_missed_by_the_raw_text_shortcut(value):
+    """``may_hold_nul`` may say yes wrongly (the walk then runs) but never no wrongly, whatever
+    the JSON text's escapes: a NUL decoded from it is always looked for."""
+    from project.reports import may_hold_nul
+
+    texts = [json.dumps(value).encode(), json.dumps(value, ensure_ascii=False).encode()]
+    with contextlib.suppress(TypeError):  # integers past 64 bits
+        texts.append(orjson.dumps(value))
+    for raw in texts:
+        try:
+            decoded = orjson.loads(raw)
+        except orjson.JSONDecodeError:  # the API refuses it before any check
+            continue
+        if protocol.has_nul(decoded):
+            assert may_hold_nul(raw)

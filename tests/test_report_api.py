@@ -220,6 +220,24 @@ def test_a_batch_queues_its_good_items_and_names_the_bad_ones(stack, session):
     assert not {"batch-bad-01", "batch bad 02", "batch-bad-03", "batch-bad-04"} & machines.keys()
 
 
+def test_a_nul_in_one_item_refuses_that_item_alone(stack, session):
+    items = [
+        {"name": "nul-free-01", "report": {"state": "ready"}},
+        {
+            "name": "nul-held-01",
+            "report": {"state": "ready", "software": [{"name": "pkg\x00", "state": "done", "percent": 100}]},
+        },
+    ]
+
+    status, answer = batch(stack, items)
+    machines, _ = settled(stack, session)
+
+    assert (status, answer["accepted"], answer["refused"]) == (202, 1, 1)
+    assert answer["errors"][0]["index"] == 1
+    assert answer["errors"][0]["errors"]["report"] == ["must not contain NUL characters (\\u0000)"]
+    assert "nul-free-01" in machines and "nul-held-01" not in machines
+
+
 def test_a_bad_item_leaves_its_machine_as_it_was(stack, session):
     before = {"state": "provisioning", "software": [{"name": "nginx", "state": "installing", "percent": 10}]}
     assert report(stack, "halfway-01", before) == 202

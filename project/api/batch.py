@@ -17,7 +17,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from .. import metrics, protocol, reportqueue
-from ..reports import ReportErrors, check_batch_item
+from ..reports import ReportErrors, check_batch_item, may_hold_nul
 from .auth import agent_api
 from .connections import redis_client
 from .errors import body_within, json_error
@@ -28,14 +28,14 @@ BATCH_RULE = "must be a JSON list of {name, report} objects"
 
 
 def check_items(
-    items: list[Any],
+    items: list[Any], nul_possible: bool = True
 ) -> tuple[list[tuple[str, str, dict[str, Any] | None]], list[dict[str, Any]]]:
     """The items to queue as ``(kind, name, report)`` and the errors of the others, by index."""
     good: list[tuple[str, str, dict[str, Any] | None]] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            name, report = check_batch_item(item)
+            name, report = check_batch_item(item, nul_possible)
         except ReportErrors as invalid:
             given = item.get("name") if isinstance(item, dict) else None
             errors.append(
@@ -68,7 +68,7 @@ async def report_batch(request: HttpRequest) -> HttpResponse:
         )
     if len(items) > protocol.REPORT_BATCH_MAX_ITEMS:
         return json_error(413, "too_large", f"a batch is limited to {protocol.REPORT_BATCH_MAX_ITEMS} items")
-    good, errors = check_items(items)
+    good, errors = check_items(items, may_hold_nul(body))
     answer = {"accepted": len(good), "refused": len(errors), "errors": errors}
     if not good:
         return json_error(400, "invalid_report", "every item of the batch has errors", **answer)

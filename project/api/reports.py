@@ -16,7 +16,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from .. import metrics, protocol, reportqueue
-from ..reports import ReportErrors, check_machine_name, check_report
+from ..reports import ReportErrors, check_machine_name, check_report, may_hold_nul
 from .auth import agent_api
 from .connections import redis_client
 from .errors import body_within, json_error
@@ -48,7 +48,7 @@ async def machine_report(request: HttpRequest, name: str) -> HttpResponse:
     except orjson.JSONDecodeError:
         return json_error(400, "invalid_report", "the report has errors", errors={"body": ["not valid JSON"]})
     try:
-        report = check_report(name, body)
+        report = check_report(name, body, may_hold_nul(raw))
     except ReportErrors as invalid:
         return json_error(400, "invalid_report", "the report has errors", errors=invalid.errors)
     return await queue_for_status_workers(reportqueue.REPORT, name, report)
