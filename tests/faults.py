@@ -89,6 +89,18 @@ def leader(stack: Stack, client: redis.Redis) -> str | None:
     return next((label for label, process in stack.processes.items() if process.pid == pid), None)
 
 
+def wait_until_standing_by(stack: Stack, client: redis.Redis, label: str, timeout_s: float = 30) -> None:
+    """Wait until the scheduler ``label`` (just started) says it is alive: booted and standing by."""
+    deadline = time.monotonic() + timeout_s
+    pid = stack.processes[label].pid
+    while time.monotonic() < deadline:
+        marks = client.zrangebyscore(keys.SCHEDULER_INSTANCES, heartbeats.alive_since_ms(), "+inf")
+        if any(pid_of(mark.decode()) == pid for mark in marks):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"scheduler {label} did not stand by within {timeout_s} s")
+
+
 def wait_for_leader(stack: Stack, client: redis.Redis, timeout_s: float = 10) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
