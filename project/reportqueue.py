@@ -56,7 +56,7 @@ for i = 2, #ARGV, 2 do adding = adding + tonumber(ARGV[i]) end
 if waiting + adding > tonumber(ARGV[1]) then return nil end
 local ids = {}
 for i = 2, #ARGV, 2 do
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'n', ARGV[i], 'e', ARGV[i + 1])
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
 end
 redis.call('SET', KEYS[2], waiting + adding)
 return ids
