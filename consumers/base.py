@@ -258,8 +258,9 @@ class RelayConsumer(EdgeConsumer):
     error = relay
 
     async def write_text(self, text: str) -> None:
-        """The outbox's writer: the only place a frame reaches the socket."""
-        await self.send(text_data=text)
+        """The outbox's writer: the only place a frame reaches the socket (straight to the
+        server's ``send``, as ``AsyncWebsocketConsumer.send`` would, two calls fewer per frame)."""
+        await self.base_send({"type": "websocket.send", "text": text})
 
     def slow_client(self, outbox: Outbox) -> None:
         """The client has not read a whole outbox: drop what waits and close the socket.

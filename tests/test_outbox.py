@@ -123,3 +123,126 @@ async def test_a_failed_write_stops_the_outbox():
     assert outbox.shut and outbox.writer.done() and not outbox.writer.cancelled()
     outbox.put("ignored")
     assert len(outbox.waiting) == 0
+
+
+# --- frames written at once, in the step that puts them --------------------------------------
+
+
+async def test_a_frame_put_while_the_writer_waits_is_written_before_put_returns():
+    socket = Socket()
+    outbox = Outbox(socket.write, on_overflow=lambda _: None, max_frames=10, max_bytes=1000)
+    outbox.start()
+    await settle()  # the writer now waits for frames
+    outbox.put("at once")
+    assert socket.written == ["at once"]  # no await in between: the writer task cannot have run
+    assert outbox.idle and not outbox.waiting
+    outbox.put("and the next")
+    assert socket.written == ["at once", "and the next"]
+
+
+async def test_a_write_begun_at_once_that_waits_is_finished_by_the_writer_in_order():
+    socket = Socket()
+    overflows: list[int] = []
+    outbox = Outbox(
+        socket.write, on_overflow=lambda box: overflows.append(len(box.waiting)), max_frames=2, max_bytes=1000
+    )
+    outbox.start()
+    await settle()
+    socket.readable.clear()  # the client stops reading
+    outbox.put("stuck")  # begun at once; it waits, so the writer takes it over
+    assert socket.written == [] and outbox.in_flight is not None and not outbox.idle
+    outbox.put("behind it")  # queued, not written past the stuck one
+    outbox.put("and another")
+    assert overflows == []
+    outbox.put("one too many")
+    assert overflows == [3]
+    outbox.waiting.pop()
+    await settle()
+    assert socket.written == []
+    socket.readable.set()
+    await settle()
+    assert socket.written == ["stuck", "behind it", "and another"]
+    assert outbox.in_flight is None and outbox.idle
+    outbox.put("at once again")
+    assert socket.written[-1] == "at once again"
+
+
+async def test_a_frame_with_then_is_never_written_at_once():
+    socket = Socket()
+    calls: list[list[str]] = []
+
+    async def then() -> None:
+        calls.append(list(socket.written))
+
+    outbox = Outbox(socket.write, on_overflow=lambda _: None, max_frames=10, max_bytes=1000)
+    outbox.start()
+    await settle()
+    outbox.put("notice", then=then)
+    outbox.put("update")  # waits behind the notice
+    assert socket.written == []
+    await settle()
+    assert socket.written == ["notice", "update"] and calls == [["notice"]]
+
+
+async def test_shut_down_closes_a_write_begun_at_once_that_waits():
+    socket = Socket()
+    outbox = Outbox(socket.write, on_overflow=lambda _: None, max_frames=10, max_bytes=1000)
+    outbox.start()
+    await settle()
+    socket.readable.clear()
+    outbox.put("stuck")
+    step = outbox.in_flight[0]
+    assert outbox.shut_down() == 0
+    assert step.cr_frame is None  # closed, not left suspended
+    socket.readable.set()
+    await settle()
+    assert socket.written == [] and outbox.writer.cancelled()
+
+
+async def test_cancelling_the_writer_reaches_a_resumed_write_where_it_waits():
+    socket = Socket()
+    outbox = Outbox(socket.write, on_overflow=lambda _: None, max_frames=10, max_bytes=1000)
+    outbox.start()
+    await settle()
+    socket.readable.clear()
+    outbox.put("stuck")
+    await settle()  # the writer has taken the write over and waits in it
+    assert outbox.in_flight is None
+    outbox.writer.cancel()
+    await settle()
+    assert outbox.writer.cancelled() and not socket.readable._waiters  # the socket's wait ended too
+    socket.readable.set()
+    await settle()
+    assert socket.written == []
+
+
+async def test_a_write_begun_at_once_that_fails_stops_the_outbox():
+    async def gone(text: str) -> None:
+        raise ConnectionResetError("client went away")
+
+    outbox = Outbox(gone, on_overflow=lambda _: None, max_frames=10, max_bytes=1000)
+    outbox.start()
+    await settle()
+    outbox.put("lost")
+    assert outbox.shut
+    await settle()
+    assert outbox.writer.cancelled()
+    outbox.put("ignored")
+    assert len(outbox.waiting) == 0
+
+
+async def test_a_resumed_write_that_fails_after_waiting_stops_the_outbox():
+    release = asyncio.Event()
+
+    async def fails_later(text: str) -> None:
+        await release.wait()
+        raise ConnectionResetError("client went away")
+
+    outbox = Outbox(fails_later, on_overflow=lambda _: None, max_frames=10, max_bytes=1000)
+    outbox.start()
+    await settle()
+    outbox.put("lost")
+    assert outbox.in_flight is not None
+    release.set()
+    await settle()
+    assert outbox.shut and outbox.writer.done() and not outbox.writer.cancelled()
