@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import orjson
@@ -225,3 +226,79 @@ async def test_an_entry_queued_before_batches_is_still_read(queue, client):
     entries = ReportReader(client, "a").read()
 
     assert entries == [Entry(stream_id, REPORT, "old", READY)]
+
+
+# --- single reports from many requests, queued together -----------------------------------------
+
+
+async def test_reports_arriving_together_share_one_entry_in_arrival_order(queue, client):
+    together = reportqueue.Together(queue, MAX_WAITING)
+    names = [f"m{n}" for n in range(30)]
+
+    ids = await asyncio.gather(*(together.enqueue(REPORT, name, READY) for name in names))
+
+    assert len({i.partition("/")[0] for i in ids}) == 1  # one entry
+    assert client.xlen(keys.REPORTS_STREAM) == 1 and reportqueue.waiting(client) == 30
+    entries = ReportReader(client, "a").read()
+    assert [entry.name for entry in entries] == names
+    assert [entry.id for entry in entries] == ids
+
+
+async def test_reports_arriving_while_a_call_is_in_flight_go_in_the_next_one(queue, client):
+    together = reportqueue.Together(queue, MAX_WAITING)
+    first = asyncio.ensure_future(together.enqueue(REPORT, "first", READY))
+    await asyncio.sleep(0)  # the first call is now on its way to Redis
+    later = [asyncio.ensure_future(together.enqueue(REPORT, f"later{n}", READY)) for n in range(5)]
+
+    await asyncio.gather(first, *later)
+
+    assert client.xlen(keys.REPORTS_STREAM) == 2
+    assert [entry.name for entry in ReportReader(client, "a").read()] == ["first"] + [
+        f"later{n}" for n in range(5)
+    ]
+
+
+async def test_reports_queued_together_are_refused_together_when_the_queue_is_full(queue, client):
+    await enqueue(queue, REPORT, "already", READY, 10)
+    together = reportqueue.Together(queue, 3)
+
+    answers = await asyncio.gather(*(together.enqueue(REPORT, f"m{n}", READY) for n in range(3)))
+
+    assert answers == [None, None, None]  # 1 + 3 would be over 3: none is queued
+    assert reportqueue.waiting(client) == 1
+    assert await together.enqueue(REPORT, "alone", READY) is not None  # 1 + 1 fits
+
+
+async def test_each_request_hears_of_a_redis_error_and_the_next_call_tries_again(queue, client, redis_url):
+    dead = redis.asyncio.Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.5)
+    together = reportqueue.Together(dead, MAX_WAITING)
+
+    answers = await asyncio.gather(
+        *(together.enqueue(REPORT, f"m{n}", READY) for n in range(3)), return_exceptions=True
+    )
+
+    assert all(isinstance(answer, redis.exceptions.ConnectionError) for answer in answers)
+    together.client = queue  # Redis is back
+    assert await together.enqueue(REPORT, "after", READY) is not None
+    await dead.aclose()
+
+
+async def test_a_cancelled_request_leaves_the_others_answered(queue, client):
+    together = reportqueue.Together(queue, MAX_WAITING)
+    gone = asyncio.ensure_future(together.enqueue(REPORT, "gone", READY))
+    stays = asyncio.ensure_future(together.enqueue(REPORT, "stays", READY))
+    await asyncio.sleep(0)
+    gone.cancel()
+
+    assert await stays is not None
+    assert [entry.name for entry in ReportReader(client, "a").read()] == ["gone", "stays"]
+
+
+async def test_more_than_items_per_call_are_queued_in_order_over_several_calls(queue, client, monkeypatch):
+    monkeypatch.setattr(reportqueue, "ITEMS_PER_CALL", 4)
+    together = reportqueue.Together(queue, MAX_WAITING)
+
+    await asyncio.gather(*(together.enqueue(REPORT, f"m{n:02}", READY) for n in range(10)))
+
+    assert client.xlen(keys.REPORTS_STREAM) == 3  # 4 + 4 + 2
+    assert [entry.name for entry in ReportReader(client, "a").read()] == [f"m{n:02}" for n in range(10)]

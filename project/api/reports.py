@@ -12,13 +12,12 @@ from typing import Any
 
 import orjson
 import redis.asyncio as redis
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from .. import metrics, protocol, reportqueue
 from ..reports import ReportErrors, check_machine_name, check_report, may_hold_nul
 from .auth import agent_api
-from .connections import redis_client
+from .connections import report_queue
 from .errors import body_within, json_error
 
 log = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 async def queue_for_status_workers(kind: str, name: str, report: dict[str, Any] | None) -> HttpResponse:
     """Queue a report or a removal where it outlives any process (``project/reportqueue.py``): ``202``."""
     try:
-        queued = await reportqueue.enqueue(redis_client(), kind, name, report, settings.REPORTS_QUEUE_MAX)
+        queued = await report_queue().enqueue(kind, name, report)
     except redis.RedisError as error:
         log.warning("could not queue a %s for %s: %s", kind, name, error)
         return json_error(503, "server_busy", "the report queue is unavailable; retry shortly")
