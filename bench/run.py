@@ -566,13 +566,13 @@ ALIVE_KEYS = {"scheduler": keys.SCHEDULER_INSTANCES, "worker": keys.STATUS_WORKE
 
 
 @contextmanager
-def dashboard(stack: Stack) -> Iterator[StreamWatch]:
-    """One dashboard following the status stream (tests/faults.py) in a thread of its own while
-    the block runs, so that a scenario can sleep, kill and restart in plain code."""
+def dashboard(stack: Stack, path: str = "/ws/status/") -> Iterator[StreamWatch]:
+    """One dashboard following the status stream at ``path`` (tests/faults.py) in a thread of
+    its own while the block runs, so that a scenario can sleep, kill and restart in plain code."""
     watch, done = StreamWatch(), threading.Event()
 
     async def follow() -> None:
-        async with stack.connect("/ws/status/", stack.session) as ws:
+        async with stack.connect(path, stack.session) as ws:
             reading = asyncio.create_task(watch.follow(ws))
             await asyncio.to_thread(done.wait)
             reading.cancel()
@@ -750,9 +750,12 @@ def report_to_screen_ms(watch: StreamWatch, sent: dict[float, float]) -> dict:
     overtaken in the same tick by the next one is never shown: counted as coalesced."""
     shown: dict[float, float] = {}
     for at, frame in watch.updates():
-        for machine in frame.get("machines", []):
-            if machine["name"] == PROBE and machine["progress"] in sent:
-                shown.setdefault(machine["progress"], at)
+        # The whole fleet's updates carry machines whole, a view's as rows ([name, state, progress, …]).
+        changed = [(m["name"], m["progress"]) for m in frame.get("machines", [])]
+        changed += [(row[0], row[2]) for row in frame.get("rows", [])]
+        for name, progress in changed:
+            if name == PROBE and progress in sent:
+                shown.setdefault(progress, at)
     latencies = [(shown[progress] - began) * 1000 for progress, began in sent.items() if progress in shown]
     return {
         "p50": loadgen.percentile(latencies, 0.5),
@@ -783,7 +786,7 @@ def busy_fleet_reports(
         private_redis() as (redis_server, url),
         our_stack(url) as stack,
         redis.Redis.from_url(url) as client,
-        dashboard(stack) as watch,
+        dashboard(stack, path) as watch,  # the probe's machine sorts first: on page 1 of any view
     ):
         warm = loadgen.warmup_s(clients, CONNECT_RATE) if clients else 0
         monitor = Monitor(stack_processes(stack, redis_server), url)
@@ -838,6 +841,7 @@ def busy_fleet_reports(
                 "missed",
                 "duplicated",
                 "latency_ms",
+                "worker_lag_ms",
             )
             if dashboards
         },
