@@ -157,6 +157,17 @@ end
 return 1
 """
 
+# KEYS: pending. ARGV: machine names. Bumps each name's version; -> the new versions, in order.
+# One command with a name per argument: a pipeline of an HINCRBY per name cost the worker
+# 12 % of its tick at 1,000 reports a second (redis-py packs each command in Python).
+ANNOUNCE = """
+local versions = {}
+for i, name in ipairs(ARGV) do
+  versions[i] = redis.call('HINCRBY', KEYS[1], name, 1)
+end
+return versions
+"""
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -210,6 +221,7 @@ class FeedStore:
         self._store = client.register_script(STORE)
         self._seed = client.register_script(SEED)
         self._mark_sent = client.register_script(MARK_SENT)
+        self._announce = client.register_script(ANNOUNCE)
 
     def current(self) -> tuple[str, int]:
         """``(epoch, seq)`` of the last update stored (seq 0 before the first)."""
@@ -247,10 +259,8 @@ class FeedStore:
         if not names:
             return {}
         ordered = sorted(names)
-        with self.client.pipeline(transaction=False) as pipe:
-            for name in ordered:
-                pipe.hincrby(keys.STATUS_FEED_PENDING, name, 1)
-            return dict(zip(ordered, pipe.execute(), strict=True))
+        versions = self._announce(keys=[keys.STATUS_FEED_PENDING], args=ordered)
+        return dict(zip(ordered, versions, strict=True))
 
     def store(
         self, admission: Admission, text: str, carried: dict[str, int], publication: Publication | None = None
