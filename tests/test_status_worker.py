@@ -227,9 +227,15 @@ async def test_a_removal_is_carried_as_removed(worker):
 
 async def test_reports_leave_the_stream_once_an_update_carries_them(worker, feed_redis):
     await worker.report("m1", {"state": "ready"})
+    await worker.tick()
 
-    await worker.ticked()
+    update = await worker.received()  # sent first: acknowledging the reports comes after it
+    for _ in range(200):
+        if feed_redis.xlen(keys.REPORTS_STREAM) == 0:
+            break
+        await asyncio.sleep(0.01)
 
+    assert [machine["name"] for machine in update["machines"]] == ["m1"]
     assert feed_redis.xlen(keys.REPORTS_STREAM) == 0
 
 

@@ -13,7 +13,7 @@ and any may die at any line: the feed's epoch, sequence and pending changes live
    dashboard shows (project/statusviews.py), and stores it as ``seq + 1`` with the fleet as it
    now publishes it (if another worker stored one first, its changes simply stay pending for
    the next);
-5. acknowledges the reports and broadcasts the update once to each group.
+5. broadcasts the update once to each group, then acknowledges the reports.
 
 Sockets get their snapshots from the published fleet in Redis, read by their web process
 (consumers/fleetviews.py); this worker serves only ``/api/status``'s, from the same place.
@@ -147,14 +147,16 @@ class StatusWorker(WorkerConsumer):
         tick_lag_ms = (tick.get("sent_ns", tick["tick_ns"]) - tick["tick_ns"]) / 1e6
         self.system = self.probe.sample(round(tick_lag_ms, 3))
         update = self.store_update(admission, tick, carried)
+        if update is not None:
+            # Sent before the reports are acknowledged, which the dashboards need not wait for:
+            # a worker that dies in between has its reports claimed and skipped as repeated.
+            self.broadcast(admission.epoch, *update)
         self.reports.done(entries)
         if update is None:
             log.warning(
                 "another status worker stored update %d first; these changes go in the next",
                 admission.seq + 1,
             )
-            return
-        self.broadcast(admission.epoch, *update)
 
     # --- the update: the whole fleet's and each view's ---------------------------------
 
