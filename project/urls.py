@@ -7,6 +7,11 @@ from .api.openapi import openapi
 from .protocol import ROOM_PATTERN
 
 urlpatterns = [
+    # The agents' API first: every report resolves its path (project/api/direct.py), and Django
+    # tries the patterns in order.
+    path("api/machines/<str:name>/report", api.machine_report, name="api-machine-report"),
+    path("api/reports", api.report_batch, name="api-reports"),
+    path("api/machines/<str:name>", api.machine, name="api-machine"),
     path("", pages.home, name="home"),
     path("chat/", pages.chat, name="chat"),
     re_path(rf"^chat/(?P<room>{ROOM_PATTERN})/$", pages.chat, name="chat-room"),
@@ -16,9 +21,6 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("api/openapi.json", openapi, name="api-openapi"),
     path("api/status", api.status, name="api-status"),
-    path("api/reports", api.report_batch, name="api-reports"),
-    path("api/machines/<str:name>/report", api.machine_report, name="api-machine-report"),
-    path("api/machines/<str:name>", api.machine, name="api-machine"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]
