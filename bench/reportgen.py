@@ -101,16 +101,19 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def agent_connection(
-    options: dict, fleet: Fleet, books: Books, deadline: float, interval_s: float
+    options: dict, fleet: Fleet, books: Books, deadline: float, interval_s: float, phase_s: float = 0.0
 ) -> None:
-    """One keep-alive connection sending requests until ``deadline`` (monotonic)."""
+    """One keep-alive connection sending requests until ``deadline`` (monotonic), paced: one
+    every ``interval_s``, the first ``phase_s`` from now."""
     host, port, batch = options["host"], options["port"], options["batch"]
     reader = writer = None
-    next_at = time.monotonic()
+    next_at = time.monotonic() + phase_s
     while time.monotonic() < deadline:
         if interval_s:
-            next_at += interval_s
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval_s
+            if time.monotonic() >= deadline:
+                break
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection(host, port)
@@ -139,12 +142,22 @@ async def run_agents(options: dict) -> dict:
     deadline = time.monotonic() + options["seconds"]
     connections = options["connections"]
     per_connection = [options["names"][n::connections] for n in range(connections)]
-    # Open loop: each connection offers its share of the rate, in requests.
+    # Open loop: each connection offers its share of the rate, in requests, its phase spread
+    # over the interval (this process's connections between the other processes'), so that
+    # the offered load is even rather than every connection's request at the same instant.
     interval_s = connections * options["batch"] / options["rate"] if options["rate"] else 0.0
+    spacing_s = interval_s / connections
     await asyncio.gather(
         *(
-            agent_connection(options, Fleet(names, options["seq"]), books, deadline, interval_s)
-            for names in per_connection
+            agent_connection(
+                options,
+                Fleet(names, options["seq"]),
+                books,
+                deadline,
+                interval_s,
+                (n + options["offset"]) * spacing_s,
+            )
+            for n, names in enumerate(per_connection)
             if names
         )
     )
@@ -190,6 +203,7 @@ def run(
             "names": names[index::processes],
             "rate": rate / processes,
             "connections": connections // processes + (1 if index < connections % processes else 0),
+            "offset": index / processes,  # of one connection's spacing
         }
         worker = multiprocessing.Process(target=agent_process, args=(options, queue), daemon=True)
         worker.start()
