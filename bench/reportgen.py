@@ -108,12 +108,14 @@ async def agent_connection(
     host, port, batch = options["host"], options["port"], options["batch"]
     reader = writer = None
     next_at = time.monotonic() + phase_s
+    retrying = False
     while time.monotonic() < deadline:
-        if interval_s:
+        if interval_s and not retrying:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += interval_s
             if time.monotonic() >= deadline:
                 break
+        retrying = False
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection(host, port)
@@ -121,8 +123,10 @@ async def agent_connection(
             writer.write(request_bytes(f"{host}:{port}", options["token"], fleet, batch))
             status, body = await read_response(reader)
         except (OSError, asyncio.IncompleteReadError, ValueError):
+            # Refused, reset, or a keep-alive connection the server closed while idle (uvicorn
+            # after 5 s; a paced batch connection waits longer than that): again, on a new one.
             books.reconnects += 1
-            writer = None
+            writer, retrying = None, True
             await asyncio.sleep(0.1)
             continue
         books.latencies_ms.append((time.perf_counter() - began) * 1000)
