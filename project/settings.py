@@ -415,6 +415,10 @@ SCHEDULER_LEASE_TTL_MS = max(300, env_int("SCHEDULER_LEASE_TTL_MS", 1500))
 # Reports answered 202 wait in a Redis stream until a status worker has applied them; past
 # this many waiting the API answers 503 server_busy instead of queueing more.
 REPORTS_QUEUE_MAX = max(1, env_int("REPORTS_QUEUE_MAX", 100_000))
+# While single reports keep arriving, a web process holds each append to the stream this long
+# to take the reports that come meanwhile with it (project/reportqueue.py, Together). A report
+# waits for the next tick anyway; 0 sends each call as soon as the previous one is answered.
+REPORTS_LINGER_MS = max(0, env_int("REPORTS_LINGER_MS", 10))
 
 # --- Metrics (project/metrics.py; docs/operations.md "Metrics") -------------------------------
 # Web serves /metrics on its own port; each worker and scheduler process on METRICS_PORT (0: none)

@@ -302,3 +302,26 @@ async def test_more_than_items_per_call_are_queued_in_order_over_several_calls(q
 
     assert client.xlen(keys.REPORTS_STREAM) == 3  # 4 + 4 + 2
     assert [entry.name for entry in ReportReader(client, "a").read()] == [f"m{n:02}" for n in range(10)]
+
+
+async def test_a_report_after_a_quiet_spell_is_queued_at_once_whatever_the_linger(queue, client):
+    together = reportqueue.Together(queue, MAX_WAITING, linger_s=5.0)
+
+    await asyncio.wait_for(together.enqueue(REPORT, "alone", READY), timeout=2)
+
+    assert reportqueue.waiting(client) == 1
+
+
+async def test_while_reports_keep_coming_a_call_lingers_for_those_that_follow(queue, client):
+    together = reportqueue.Together(queue, MAX_WAITING, linger_s=0.2)
+    await together.enqueue(REPORT, "first", READY)  # at once: nothing came before it
+
+    soon = asyncio.ensure_future(together.enqueue(REPORT, "soon", READY))  # lingers: reports keep coming
+    await asyncio.sleep(0.05)
+    assert client.xlen(keys.REPORTS_STREAM) == 1  # "soon" still waits for company
+    later = asyncio.ensure_future(together.enqueue(REPORT, "later", READY))
+    await asyncio.gather(soon, later)
+
+    assert client.xlen(keys.REPORTS_STREAM) == 2  # "soon" and "later" went together
+    assert soon.result().partition("/")[0] == later.result().partition("/")[0]
+    assert [entry.name for entry in ReportReader(client, "a").read()] == ["first", "soon", "later"]
