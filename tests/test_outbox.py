@@ -20,6 +20,16 @@ class Socket:
         self.written.append(text)
 
 
+def written_before_then(socket: Socket):
+    """A ``then`` for :meth:`Outbox.put`, and what the socket had written each time it ran."""
+    calls: list[list[str]] = []
+
+    async def then() -> None:
+        calls.append(list(socket.written))
+
+    return calls, then
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -83,11 +93,7 @@ async def test_one_frame_larger_than_the_byte_bound_alone_is_not_an_overflow():
 
 async def test_then_runs_after_its_frame_is_written_and_not_if_it_is_dropped():
     socket = Socket()
-    calls: list[list[str]] = []
-
-    async def then() -> None:
-        calls.append(list(socket.written))
-
+    calls, then = written_before_then(socket)
     outbox = Outbox(socket.write, on_overflow=lambda _: None, max_frames=10, max_bytes=1000)
     outbox.put("notice", then=then)
     outbox.put("dropped", then=then)
@@ -169,11 +175,7 @@ async def test_a_write_begun_at_once_that_waits_is_finished_by_the_writer_in_ord
 
 async def test_a_frame_with_then_is_never_written_at_once():
     socket = Socket()
-    calls: list[list[str]] = []
-
-    async def then() -> None:
-        calls.append(list(socket.written))
-
+    calls, then = written_before_then(socket)
     outbox = Outbox(socket.write, on_overflow=lambda _: None, max_frames=10, max_bytes=1000)
     outbox.start()
     await settle()
@@ -184,13 +186,19 @@ async def test_a_frame_with_then_is_never_written_at_once():
     assert socket.written == ["notice", "update"] and calls == [["notice"]]
 
 
-async def test_shut_down_closes_a_write_begun_at_once_that_waits():
+async def a_write_that_waits() -> tuple[Socket, Outbox]:
+    """An outbox whose writer waits for frames, and a frame put after its client stopped reading."""
     socket = Socket()
     outbox = Outbox(socket.write, on_overflow=lambda _: None, max_frames=10, max_bytes=1000)
     outbox.start()
     await settle()
     socket.readable.clear()
     outbox.put("stuck")
+    return socket, outbox
+
+
+async def test_shut_down_closes_a_write_begun_at_once_that_waits():
+    socket, outbox = await a_write_that_waits()
     step = outbox.in_flight[0]
     assert outbox.shut_down() == 0
     assert step.cr_frame is None  # closed, not left suspended
@@ -200,12 +208,7 @@ async def test_shut_down_closes_a_write_begun_at_once_that_waits():
 
 
 async def test_cancelling_the_writer_reaches_a_resumed_write_where_it_waits():
-    socket = Socket()
-    outbox = Outbox(socket.write, on_overflow=lambda _: None, max_frames=10, max_bytes=1000)
-    outbox.start()
-    await settle()
-    socket.readable.clear()
-    outbox.put("stuck")
+    socket, outbox = await a_write_that_waits()
     await settle()  # the writer has taken the write over and waits in it
     assert outbox.in_flight is None
     outbox.writer.cancel()
