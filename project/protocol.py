@@ -96,6 +96,9 @@ CHAT_JOIN = "chat.join"
 CHAT_POSITIONS = "chat.positions"  # leading scheduler -> chat worker: announce rooms' positions
 STATUS_JOIN = "status.join"
 STATUS_TICK = "status.tick"  # leading scheduler -> a status worker, once per second, fenced
+# leading scheduler -> a status worker, half a second after each tick: apply the reports queued
+# so far, so that the tick has only the rest to apply before its update goes out
+STATUS_APPLY = "status.apply"
 # Reports and removals reach the status workers through a Redis stream, not a channel
 # (project/reportqueue.py): what the API answered 202 must outlive a worker's crash.
 HEALTH_PING = "health.ping"  # readyz -> status worker; answered with HEALTH_PONG

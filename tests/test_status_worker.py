@@ -77,6 +77,11 @@ class Harness:
         await (app or self.app).send_input(message)
         return tick_ns
 
+    async def apply(self, at_ns: int | None = None) -> None:
+        """What the scheduler sends half a second after each tick."""
+        at_ns = time.time_ns() if at_ns is None else at_ns
+        await self.app.send_input({"type": protocol.STATUS_APPLY, "at_ns": at_ns})
+
     async def received(self) -> dict:
         async with asyncio.timeout(RECEIVE_TIMEOUT_S):
             return json.loads((await self.layer.receive(self.socket))["text"])
@@ -237,6 +242,45 @@ async def test_reports_leave_the_stream_once_an_update_carries_them(worker, feed
 
     assert [machine["name"] for machine in update["machines"]] == ["m1"]
     assert feed_redis.xlen(keys.REPORTS_STREAM) == 0
+
+
+async def eventually(check, timeout_s: float = RECEIVE_TIMEOUT_S) -> None:
+    """Wait until ``check()`` is true (the worker answers an apply with nothing to wait on)."""
+    async with asyncio.timeout(timeout_s):
+        while not await check():
+            await asyncio.sleep(0.01)
+
+
+async def test_an_apply_between_ticks_applies_and_acknowledges_the_queued_reports(worker, feed_redis):
+    await worker.report("m1", {"state": "ready"})
+    await worker.report("m2", {"state": "provisioning", "progress": 40})
+    await worker.ticked()
+    await worker.remove("m1")
+    await worker.report("m2", {"state": "provisioning", "progress": 60})
+
+    await worker.apply()
+
+    async def applied() -> bool:
+        return feed_redis.xlen(keys.REPORTS_STREAM) == 0  # acknowledged (and deleted) once applied
+
+    await eventually(applied)
+    assert not await Machine.objects.filter(name="m1").aexists()
+    assert (await Machine.objects.aget(name="m2")).progress == 60
+    update = await worker.ticked()  # the apply sent nothing: this is the next update
+    assert [(m["name"], m["progress"]) for m in update["machines"]] == [("m2", 60)]
+    assert update["removed"] == ["m1"]
+
+
+async def test_an_apply_the_worker_gets_late_is_dropped(worker, feed_redis):
+    await worker.report("m1", {"state": "ready"})
+    await worker.apply(at_ns=time.time_ns() - 2_000_000_000)  # a backlog of them, say
+
+    await worker.join()  # answered after the apply: a worker takes its messages in order
+
+    assert feed_redis.xlen(keys.REPORTS_STREAM) == 1
+    assert not await Machine.objects.filter(name="m1").aexists()
+    update = await worker.ticked()
+    assert [m["name"] for m in update["machines"]] == ["m1"]
 
 
 async def test_stale_tick_is_dropped(worker):

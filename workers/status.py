@@ -8,7 +8,9 @@ and any may die at any line: the feed's epoch, sequence and pending changes live
 1. has the feed admit the tick (only from the lease holder, never stale, never twice);
 2. sends the previous update first if its worker died before sending it;
 3. reads the queued reports, announces the machines it will change, applies the reports and
-   expires silent machines in the database;
+   expires silent machines in the database (most reports are applied already: the scheduler
+   asks for that half a second after each tick, ``status.apply``, so that a tick's update waits
+   only for the last half second's);
 4. builds the update from every pending change, for the whole fleet and for each view some
    dashboard shows (project/statusviews.py), and stores it as ``seq + 1`` with the fleet as it
    now publishes it (if another worker stored one first, its changes simply stay pending for
@@ -128,6 +130,24 @@ class StatusWorker(WorkerConsumer):
         if not admission.published:
             self.seed(admission.epoch, admission.seq)
         self.advance(admission, message)
+
+    def status_apply(self, message: dict[str, Any]) -> None:
+        """Apply the reports queued so far, between ticks; the next update carries them.
+
+        They are announced before and after the commit, as on a tick, so the next stored update
+        carries their machines whichever worker stores it, and this worker dying at any line
+        loses nothing (what it had not committed is claimed and applied again). So they are
+        acknowledged once applied."""
+        if time.time_ns() - message["at_ns"] > STALE_TICK_NS:  # a backlog of them is no use
+            return
+        entries = self.reports.read()
+        if not entries:
+            return
+        changing = {entry.name for entry in entries}
+        self.feed.announce(changing)
+        fleet.apply_entries(entries, timezone.now())
+        self.feed.announce(changing)
+        self.reports.done(entries)
 
     def advance(self, admission: Admission, tick: dict[str, Any]) -> None:
         entries = self.reports.read()
