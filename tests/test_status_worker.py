@@ -21,7 +21,7 @@ from django.utils import timezone
 from project import keys, protocol
 from project.reportqueue import REMOVE, REPORT, Entry, enqueue
 from project.reports import ReportErrors, check_report
-from workers import fleet
+from workers import fleet, status
 from workers.feed import FeedStore
 from workers.models import Machine
 from workers.status import StatusWorker
@@ -57,6 +57,7 @@ class Harness:
     def stop(self) -> None:
         for app in self.workers:
             app.stop()
+        status.stop_saying_alive()  # its Redis goes with the test
 
     async def report(self, name: str, body: dict) -> None:
         await enqueue(self.queue, REPORT, name, check_report(name, body), MAX_WAITING)

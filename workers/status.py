@@ -70,10 +70,12 @@ def say_alive_forever(client: redis.Redis, instance: str) -> None:
             heartbeats.mark_alive(client, keys.STATUS_WORKER_INSTANCES, instance)
         except redis.RedisError as error:
             log.warning("could not say this status worker is alive: %s", error)
-        time.sleep(ALIVE_EVERY_S)
+        if _stop_saying_alive.wait(ALIVE_EVERY_S):
+            return
 
 
 _saying_alive: threading.Thread | None = None
+_stop_saying_alive = threading.Event()
 
 
 def start_saying_alive(client: redis.Redis, instance: str) -> None:
@@ -82,6 +84,15 @@ def start_saying_alive(client: redis.Redis, instance: str) -> None:
     if _saying_alive is None or not _saying_alive.is_alive():
         _saying_alive = threading.Thread(target=say_alive_forever, args=(client, instance), daemon=True)
         _saying_alive.start()
+
+
+def stop_saying_alive() -> None:
+    """Stop the thread (tests: a worker run in the test process must not outlive its test's
+    Redis, saying every second that it cannot reach it). A worker process never calls this."""
+    if _saying_alive is not None:
+        _stop_saying_alive.set()
+        _saying_alive.join(timeout=2 * ALIVE_EVERY_S)
+        _stop_saying_alive.clear()
 
 
 class StatusWorker(WorkerConsumer):
