@@ -126,13 +126,17 @@ class Outbox:
         except StopIteration:
             self.delivered.inc()
             return
-        except Exception as error:  # the client is gone; its disconnect cleans up
-            log.debug("writing to a socket failed (%r); its outbox stops", error)
-            self.shut_down()
+        except Exception as error:
+            self.write_failed(error)
             return
         self.idle = False
         self.in_flight = (step, waits_for)
         self.wakeup.set()
+
+    def write_failed(self, error: Exception) -> None:
+        """The client is gone; its disconnect cleans up, and nothing more is written."""
+        log.debug("writing to a socket failed (%r); its outbox stops", error)
+        self.shut_down()
 
     def clear(self) -> int:
         """Drop every waiting frame; returns how many were dropped."""
@@ -173,9 +177,8 @@ class Outbox:
                 write = self.write(text)
             try:
                 await write
-            except Exception as error:  # the client is gone; its disconnect cleans up
-                log.debug("writing to a socket failed (%r); its outbox stops", error)
-                self.shut_down()
+            except Exception as error:
+                self.write_failed(error)
                 return
             self.delivered.inc()
             if then is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -154,11 +155,18 @@ class StatusWorker(WorkerConsumer):
         entries = self.reports.read()
         if not entries:
             return
-        changing = {entry.name for entry in entries}
-        self.feed.announce(changing)
-        fleet.apply_entries(entries, timezone.now())
-        self.feed.announce(changing)
+        now = timezone.now()
+        self.change({entry.name for entry in entries}, lambda: fleet.apply_entries(entries, now))
         self.reports.done(entries)
+
+    def change(self, names: set[str], make_change: Callable[[], object]) -> dict[str, int]:
+        """Make ``make_change`` to the machines ``names`` in the database, announced as changing
+        in the feed before it (a crash after the commit leaves them pending) and again after it
+        (a worker handling a tick meanwhile may have carried the first version with the state
+        from before the commit; the second outlives its store). Their versions after it."""
+        self.feed.announce(names)
+        make_change()
+        return self.feed.announce(names)
 
     def advance(self, admission: Admission, tick: dict[str, Any]) -> None:
         entries = self.reports.read()
@@ -167,13 +175,12 @@ class StatusWorker(WorkerConsumer):
         expiring = fleet.silent(cutoff)
         changing = {entry.name for entry in entries} | set(expiring)
         carried = self.feed.pending()
-        # Announced before the change (a crash after the commit leaves it pending) and again
-        # after it: a worker handling another tick at the same time may have carried the first
-        # version with the state from before the commit; the second version outlives its store.
-        self.feed.announce(changing)
-        fleet.apply_entries(entries, now)
-        fleet.expire(expiring, cutoff)
-        carried.update(self.feed.announce(changing))
+
+        def apply_and_expire() -> None:
+            fleet.apply_entries(entries, now)
+            fleet.expire(expiring, cutoff)
+
+        carried.update(self.change(changing, apply_and_expire))
 
         tick_lag_ms = (tick.get("sent_ns", tick["tick_ns"]) - tick["tick_ns"]) / 1e6
         self.system = self.probe.sample(round(tick_lag_ms, 3))

@@ -21,7 +21,7 @@ def redis_client() -> redis.Redis:
 
 def report_queue() -> reportqueue.Together:
     global _reports
-    if _reports is None or _reports.client is not redis_client():
+    if _reports is None:
         _reports = reportqueue.Together(
             redis_client(), settings.REPORTS_QUEUE_MAX, settings.REPORTS_LINGER_MS / 1000
         )
